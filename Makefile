@@ -1,0 +1,47 @@
+# One command per habit; CI runs the same targets (.ci/run).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test test-unit check fmt bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+## setup: create .venv with the pinned dependencies
+setup: $(STAMP)
+
+## demo: broker, ClickHouse, worker and generator on embedded infrastructure
+demo: setup
+	$(BIN)/touchpoint demo
+
+## test: the whole suite, integration tests on real Apache Kafka and the ClickHouse engine
+test: setup
+	$(BIN)/python -m streams.embedded.kafka fetch
+	$(BIN)/pytest
+
+## test-unit: the fast tests only (no broker)
+test-unit: setup
+	$(BIN)/pytest -m "not integration"
+
+## check: lint, format check and strict type check
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## fmt: format and fix what the linter can
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: the throughput benchmark (ceiling, bare Faust, this worker) on Apache Kafka
+bench: setup
+	$(BIN)/touchpoint benchmark
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis var

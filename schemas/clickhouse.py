@@ -1,0 +1,125 @@
+"""ClickHouse schema: versioned migrations and the column order the sinks insert in.
+
+Migrations are SQL files in ``schemas/migrations``, named ``NNNN_name.sql`` and applied
+in order; ``{database}`` stands for the configured database. Every statement is
+idempotent (``IF NOT EXISTS``, ``CREATE OR REPLACE VIEW``), so two workers starting at
+once, or a migration interrupted half-way, converge on the same schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = [
+    "DEAD_LETTER_COLUMNS",
+    "EVENT_COLUMNS",
+    "Migration",
+    "migrations",
+    "quote_identifier",
+]
+
+#: Insert column order of ``events_store`` (a contract test checks it against the DDL).
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "occurred_at",
+    "client_occurred_at",
+    "sent_at",
+    "clock_skew_ms",
+    "received_at",
+    "channel",
+    "type",
+    "customer_id",
+    "identifiers",
+    "rejected_identifiers",
+    "schema_version",
+    "source",
+    "session_id",
+    "case_id",
+    "survey_metric",
+    "survey_score",
+    "survey_scale_max",
+    "survey_comment",
+    "interaction_direction",
+    "interaction_queue",
+    "interaction_agent_id",
+    "wait_seconds",
+    "handle_seconds",
+    "transferred",
+    "escalated",
+    "resolved",
+    "order_id",
+    "amount",
+    "currency",
+    "context",
+    "properties",
+    "flags",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+)
+
+#: Insert column order of ``dead_letters_store``.
+DEAD_LETTER_COLUMNS: tuple[str, ...] = (
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "source_timestamp",
+    "received_at",
+    "reason",
+    "detail",
+    "event_id",
+    "key",
+    "raw",
+    "headers",
+)
+
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a database or table name; refuses anything but plain identifiers."""
+    if not _IDENTIFIER_RE.match(name):
+        raise ValueError(f"not a plain ClickHouse identifier: {name!r}")
+    return f"`{name}`"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema version: its statements, with ``{database}`` still to be filled in."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the file, recorded when applied, to notice an edited migration."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self, database: str) -> list[str]:
+        """The statements for ``database``, comments removed, in file order."""
+        quoted = quote_identifier(database)
+        text = "\n".join(
+            line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        return [
+            part.strip().replace("{database}", quoted) for part in text.split(";") if part.strip()
+        ]
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with this version, oldest first."""
+    found = []
+    for entry in resources.files("schemas").joinpath("migrations").iterdir():
+        match = _NAME_RE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return found

@@ -1,0 +1,90 @@
+"""Why a message was dead-lettered, and the envelope it travels in.
+
+A dead-lettered message keeps its original bytes, key and headers; the reason
+and the source coordinates travel as extra headers (the Kafka Connect convention,
+so any consumer can route on them without parsing the value) and as columns of
+ClickHouse ``dead_letters``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+__all__ = ["DLQ_HEADER_PREFIX", "DeadLetter", "Reason"]
+
+#: Every header the processor adds to a dead letter starts with this.
+DLQ_HEADER_PREFIX = "touchpoint.dlq."
+
+
+class Reason(StrEnum):
+    """The one vocabulary of dead-letter reasons. Values are stable: alerting keys on them."""
+
+    NOT_UTF8 = "not_utf8"
+    """The value is not valid UTF-8."""
+    NOT_JSON = "not_json"
+    """The value is not JSON."""
+    NOT_OBJECT = "not_object"
+    """The value is JSON but not an object."""
+    EMPTY_VALUE = "empty_value"
+    """The message has no value (null or zero bytes)."""
+    TOO_LARGE = "too_large"
+    """The value is larger than the configured limit (64 KiB by default)."""
+    MISSING_FIELD = "missing_field"
+    """A required field (event_id, occurred_at, type, identifiers) is absent."""
+    INVALID_FIELD = "invalid_field"
+    """A field has the wrong type or format."""
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    """occurred_at or sent_at is not RFC 3339 with offset nor epoch milliseconds."""
+    STRING_TOO_LONG = "string_too_long"
+    """A string is longer than the configured limit (4096 chars by default)."""
+    TOO_MANY_IDENTIFIERS = "too_many_identifiers"
+    """More identifiers than the contract allows (20)."""
+    SCORE_OUT_OF_RANGE = "score_out_of_range"
+    """A survey score outside its metric's scale."""
+    CHANNEL_MISMATCH = "channel_mismatch"
+    """The channel field differs from the topic's channel."""
+    CHANNEL_REQUIRED = "channel_required"
+    """A message on touchpoints.all without a channel field."""
+    INVALID_CHANNEL = "invalid_channel"
+    """The channel is not [a-z0-9_]+."""
+    NO_USABLE_IDENTIFIER = "no_usable_identifier"
+    """Every identifier was blocked or malformed."""
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    """schema_version is not one this processor reads."""
+    EVENT_TOO_OLD = "event_too_old"
+    """occurred_at is older than the configured age (only when the time policy dead-letters)."""
+    EVENT_IN_FUTURE = "event_in_future"
+    """occurred_at is too far ahead (only when the time policy dead-letters)."""
+    PROCESSING_ERROR = "processing_error"
+    """An unexpected error while processing this message; the detail says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message with everything needed to inspect, fix and replay it."""
+
+    reason: Reason
+    detail: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp: datetime | None
+    key: bytes | None
+    raw: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    event_id: str | None
+    received_at: datetime
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        """The original headers followed by the reason and source coordinates."""
+        extra = [
+            ("reason", self.reason.value),
+            ("detail", self.detail[:1024]),
+            ("source_topic", self.source_topic),
+            ("source_partition", str(self.source_partition)),
+            ("source_offset", str(self.source_offset)),
+            ("received_at", self.received_at.isoformat()),
+        ]
+        return [*self.headers, *((DLQ_HEADER_PREFIX + k, v.encode()) for k, v in extra)]

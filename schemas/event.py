@@ -1,0 +1,277 @@
+"""The v1 touchpoint event: the shape other services publish to ``touchpoints.<channel>``.
+
+These models are the executable form of the public contract (CONTRACT section 1).
+They check the *shape* of an event: types, required fields, score ranges, sizes.
+Normalising identifiers (e-mail case, E.164 phones, blocked values) and correcting
+clock skew are decisions of the stream processor and live in ``streams.ingest``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "CHANNEL_PATTERN",
+    "IDENTIFIER_KINDS",
+    "KNOWN_CHANNELS",
+    "MAX_IDENTIFIERS",
+    "MAX_STRING_CHARS",
+    "SCHEMA_VERSION",
+    "Commerce",
+    "Interaction",
+    "Survey",
+    "TouchpointEvent",
+    "event_json_schema",
+    "is_identifier_kind",
+    "parse_timestamp",
+]
+
+SCHEMA_VERSION = 1
+MAX_STRING_CHARS = 4096
+MAX_IDENTIFIERS = 20
+CHANNEL_PATTERN = r"^[a-z0-9_]+$"
+_CHANNEL_RE = re.compile(CHANNEL_PATTERN)
+_CUSTOM_KIND_RE = re.compile(r"^x_[a-z0-9_]{1,64}$")
+_SNAKE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: Identifier kinds the contract names; ``x_<name>`` adds custom kinds.
+IDENTIFIER_KINDS: frozenset[str] = frozenset(
+    {"email", "phone", "anonymous_id", "device_id", "account_id", "crm_id", "loyalty_id"}
+)
+
+#: The open set of channels the contract names; any other ``[a-z0-9_]+`` channel is accepted too.
+KNOWN_CHANNELS: frozenset[str] = frozenset(
+    {
+        "web",
+        "mobile_app",
+        "email",
+        "sms",
+        "push",
+        "call_center",
+        "chat",
+        "social",
+        "store",
+        "survey",
+        "billing",
+        "support",
+        "product",
+    }
+)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Read an event timestamp: RFC 3339 text with an offset, or integer epoch milliseconds.
+
+    Returns an aware UTC datetime. Text without an offset is refused: a naive time
+    means a producer that does not know its own timezone, and guessing would shift
+    every score by hours.
+    """
+    if isinstance(value, bool):
+        raise PydanticCustomError("invalid_timestamp", "a boolean is not a timestamp")
+    if isinstance(value, int):
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise PydanticCustomError(
+                "invalid_timestamp", "epoch milliseconds out of range: {value}", {"value": value}
+            ) from exc
+    if isinstance(value, str):
+        if len(value) > 64 or "T" not in value.upper():
+            raise PydanticCustomError(
+                "invalid_timestamp",
+                "expected RFC 3339 date-time with offset or epoch milliseconds, got '{value}'",
+                {"value": value[:64]},
+            )
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise PydanticCustomError(
+                "invalid_timestamp",
+                "expected RFC 3339 date-time with offset or epoch milliseconds, got '{value}'",
+                {"value": value[:64]},
+            ) from exc
+        if parsed.tzinfo is None:
+            raise PydanticCustomError(
+                "invalid_timestamp", "timestamp '{value}' has no UTC offset", {"value": value}
+            )
+        return parsed.astimezone(UTC)
+    raise PydanticCustomError(
+        "invalid_timestamp",
+        "expected RFC 3339 date-time with offset or epoch milliseconds",
+    )
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored rather than refused: producers may add fields
+    # before this processor learns them (forward compatibility).
+    # String lengths are checked once over the raw document by the processor, with the
+    # configured limit (``MAX_STRING_CHARS`` by default), not per field here.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Survey(_Model):
+    """A survey answer. Ranges: NPS integer 0..10, CSAT 1..scale_max (default 5), CES 1..7."""
+
+    metric: Literal["nps", "csat", "ces"]
+    score: float
+    scale_max: int | None = Field(default=None, ge=2, le=100)
+    comment: str | None = None
+
+    @model_validator(mode="after")
+    def _score_in_range(self) -> Survey:
+        score = self.score
+        if self.metric == "nps":
+            low, high, integral = 0, 10, True
+            if self.scale_max not in (None, 10):
+                raise PydanticCustomError("score_out_of_range", "NPS is always on a 0..10 scale")
+        elif self.metric == "csat":
+            low, high, integral = 1, self.scale_max or 5, False
+        else:
+            low, high, integral = 1, 7, False
+            if self.scale_max not in (None, 7):
+                raise PydanticCustomError("score_out_of_range", "CES is always on a 1..7 scale")
+        if integral and score != int(score):
+            raise PydanticCustomError(
+                "score_out_of_range", "{metric} score must be an integer", {"metric": self.metric}
+            )
+        if not low <= score <= high:
+            raise PydanticCustomError(
+                "score_out_of_range",
+                "{metric} score {score} outside {low}..{high}",
+                {"metric": self.metric, "score": score, "low": low, "high": high},
+            )
+        return self
+
+
+class Interaction(_Model):
+    """An assisted or automated contact: direction, queue, agent, durations in seconds."""
+
+    direction: Literal["inbound", "outbound"] | None = None
+    queue: str | None = None
+    agent_id: str | None = None
+    wait_seconds: float | None = Field(default=None, ge=0)
+    handle_seconds: float | None = Field(default=None, ge=0)
+    transferred: bool | None = None
+    escalated: bool | None = None
+    resolved: bool | None = None
+
+
+class Commerce(_Model):
+    """An order reference with its amount in ``currency`` (ISO 4217 code)."""
+
+    order_id: str | None = None
+    amount: float | None = None
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")] | None = None
+
+
+class TouchpointEvent(_Model):
+    """One touchpoint, as published by another service (contract v1).
+
+    ``occurred_at`` and ``sent_at`` accept RFC 3339 with an offset or integer epoch
+    milliseconds and are held as aware UTC datetimes. ``channel`` is optional here;
+    that it matches the topic is checked by the processor, which knows the topic.
+    """
+
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    occurred_at: datetime
+    type: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_SNAKE_RE.pattern)]
+    identifiers: dict[str, str] = Field(min_length=1)
+    channel: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    sent_at: datetime | None = None
+    schema_version: int = SCHEMA_VERSION
+    source: str | None = None
+    session_id: str | None = None
+    case_id: str | None = None
+    survey: Survey | None = None
+    interaction: Interaction | None = None
+    commerce: Commerce | None = None
+    context: dict[str, str] = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("occurred_at", "sent_at", mode="plain")
+    @classmethod
+    def _timestamp(cls, value: object) -> datetime:
+        return parse_timestamp(value)
+
+    @field_validator("schema_version", mode="after")
+    @classmethod
+    def _supported_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise PydanticCustomError(
+                "unsupported_schema_version",
+                "schema_version {value} is not supported (this processor reads {supported})",
+                {"value": value, "supported": SCHEMA_VERSION},
+            )
+        return value
+
+    @field_validator("channel", mode="after")
+    @classmethod
+    def _channel_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not _CHANNEL_RE.match(value):
+            raise PydanticCustomError(
+                "invalid_channel", "channel '{value}' is not [a-z0-9_]+", {"value": value}
+            )
+        return value
+
+    @field_validator("identifiers", mode="after")
+    @classmethod
+    def _identifier_count(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_IDENTIFIERS:
+            raise PydanticCustomError(
+                "too_many_identifiers",
+                "{count} identifiers, at most {limit} allowed",
+                {"count": len(value), "limit": MAX_IDENTIFIERS},
+            )
+        return value
+
+
+def is_identifier_kind(kind: str) -> bool:
+    """True for a contract identifier kind or a custom ``x_<name>`` kind."""
+    return kind in IDENTIFIER_KINDS or bool(_CUSTOM_KIND_RE.match(kind))
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a v1 touchpoint event; ``touchpoint schema`` prints it."""
+    schema = TouchpointEvent.model_json_schema(mode="validation")
+    timestamp = {
+        "anyOf": [
+            {"type": "string", "format": "date-time", "description": "RFC 3339 with offset"},
+            {"type": "integer", "description": "epoch milliseconds"},
+        ]
+    }
+    props = schema["properties"]
+    props["occurred_at"] = {**timestamp, "title": "Occurred At", "description": "event time"}
+    props["sent_at"] = {
+        "anyOf": [*timestamp["anyOf"], {"type": "null"}],
+        "default": None,
+        "title": "Sent At",
+        "description": "producer clock at send time; corrects device clock skew",
+    }
+    props["identifiers"]["maxProperties"] = MAX_IDENTIFIERS
+    props["identifiers"]["propertyNames"] = {
+        "anyOf": [
+            {"enum": sorted(IDENTIFIER_KINDS)},
+            {"pattern": _CUSTOM_KIND_RE.pattern},
+        ]
+    }
+    props["channel"]["anyOf"][0]["pattern"] = CHANNEL_PATTERN
+    survey = schema["$defs"]["Survey"]
+    survey["description"] = (
+        "NPS: integer 0..10. CSAT: 1..scale_max (default 5). CES: 1..7 (7 = easy)."
+    )
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://touchpoint-streams.dev/schemas/touchpoint-event-v1.json"
+    schema["title"] = "TouchpointEvent"
+    return schema

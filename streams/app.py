@@ -1,0 +1,229 @@
+"""The composition root: settings -> Faust app, sinks, metrics, agents.
+
+Nothing else in the project builds these; tests and the command line call
+:func:`create_worker` with the settings they want.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import clickhouse_connect
+import faust
+from mode import Service
+
+from sinks.clickhouse import ClickHouseSink
+from sinks.dead_letters import DeadLetterPublisher
+from streams.batching import BatchingApp
+from streams.dedup import DuplicateWindow
+from streams.identifiers import IdentifierPolicy
+from streams.ingest import IngestRules
+from streams.metrics import WorkerMetrics
+from streams.settings import Settings
+from streams.topics import DEDUP_TABLE, discover_input_topics
+
+__all__ = ["Worker", "create_worker", "ingest_rules", "open_clickhouse"]
+
+logger = logging.getLogger(__name__)
+
+
+def ingest_rules(settings: Settings) -> IngestRules:
+    """The validation and normalisation rules the settings describe."""
+    return IngestRules(
+        identifiers=IdentifierPolicy.build(
+            settings.blocked_values, settings.blocked_patterns, settings.default_phone_region
+        ),
+        max_event_bytes=settings.max_event_bytes,
+        max_string_chars=settings.max_string_chars,
+        clock_skew_tolerance_s=settings.clock_skew_tolerance_s,
+        max_future_s=settings.max_future_s,
+        max_age_s=settings.max_age_s,
+        time_policy=settings.time_policy,
+    )
+
+
+async def open_clickhouse(settings: Settings) -> Any:
+    """An async clickhouse-connect client for the configured server (inside the running loop)."""
+    return await clickhouse_connect.get_async_client(
+        dsn=settings.clickhouse_url,
+        username=settings.clickhouse_user,
+        password=settings.clickhouse_password.get_secret_value(),
+        verify=settings.clickhouse_verify_tls,
+        autogenerate_session_id=False,
+        settings={"async_insert": 0},
+    )
+
+
+def _credentials(settings: Settings) -> Any:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(settings.ssl_context())
+    assert settings.kafka_sasl_password is not None
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=settings.ssl_context() if protocol == "SASL_SSL" else None,
+    )
+
+
+@dataclass
+class Worker:
+    """Everything the agents use, built once from the settings."""
+
+    settings: Settings
+    app: BatchingApp
+    input_topic: Any
+    dedup_table: Any
+    rules: IngestRules
+    window: DuplicateWindow
+    metrics: WorkerMetrics
+    dead_letters: DeadLetterPublisher
+    sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    sink: ClickHouseSink | None = None
+
+    async def wait_for_sink(self) -> ClickHouseSink:
+        await self.sink_ready.wait()
+        assert self.sink is not None
+        return self.sink
+
+    def refresh_gauges(self) -> None:
+        if self.sink is not None:
+            stats = self.sink.stats
+            self.metrics.sink_pending.set(stats.pending_rows)
+            self.metrics.sink_inserted.labels("events").set(stats.inserted_events)
+            self.metrics.sink_inserted.labels("dead_letters").set(stats.inserted_dead_letters)
+            self.metrics.sink_errors.set(stats.insert_errors)
+        self.metrics.dedup_held.set(
+            sum(self.window.held(p) for p in range(self.settings.topic_partitions))
+        )
+
+
+def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
+    """Build the Faust app with its topics, table, sinks, web pages and agents."""
+    app = BatchingApp(
+        settings.app_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        broker_max_poll_records=settings.max_poll_records,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset=settings.auto_offset_reset,
+        # a queued item is a whole record batch; a few suffice to keep the agent busy
+        stream_buffer_maxsize=8,
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_transport="aiohttp://",
+        loghandlers=[],
+    )
+    app.batched_topics = frozenset(input_topics)
+    input_topic = app.topic(
+        *(input_topics or ("touchpoints.all",)),
+        key_type=None,
+        value_type=None,
+        key_serializer="raw",
+        value_serializer="raw",
+        acks=True,
+    )
+    dedup_table = app.Table(
+        DEDUP_TABLE,
+        default=None,
+        partitions=settings.topic_partitions,
+        key_serializer="json",
+        value_serializer="json",
+        help="Event ids accepted recently, one entry per input batch (the duplicate window).",
+    )
+    worker = Worker(
+        settings=settings,
+        app=app,
+        input_topic=input_topic,
+        dedup_table=dedup_table,
+        rules=ingest_rules(settings),
+        window=DuplicateWindow(
+            window_ms=int(settings.dedup_window_s * 1000),
+            max_ids_per_partition=settings.dedup_max_ids_per_partition,
+        ),
+        metrics=WorkerMetrics(),
+        dead_letters=DeadLetterPublisher(app.producer, settings.dlq_topic),
+    )
+
+    @app.service
+    class ClickHouseService(Service):
+        """Owns the ClickHouse client and sink for the life of the worker."""
+
+        client: Any = None
+
+        async def on_start(self) -> None:
+            self.client = await open_clickhouse(settings)
+            worker.sink = ClickHouseSink(
+                self.client,
+                settings.clickhouse_database,
+                batch_rows=settings.sink_batch_rows,
+                linger_s=settings.sink_linger_s,
+                max_pending_rows=settings.sink_max_pending_rows,
+                retry_max_s=settings.sink_retry_max_s,
+            )
+            await worker.sink.start()
+            worker.sink_ready.set()
+
+        async def on_stop(self) -> None:
+            if worker.sink is not None:
+                await worker.sink.stop()
+            if self.client is not None:
+                await self.client.close()
+
+    @app.page("/metrics")
+    async def metrics_page(view: Any, request: Any) -> Any:
+        """Prometheus metrics of this worker."""
+        return view.bytes(
+            worker.metrics.exposition(worker.refresh_gauges),
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    @app.page("/accounting")
+    async def accounting_page(view: Any, request: Any) -> Any:
+        """Totals since start: consumed = accepted + duplicates + dead_lettered."""
+        totals = worker.metrics.accounting()
+        return view.json({**totals.__dict__, "balanced": totals.balanced})
+
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    async def log_accounting() -> None:
+        """Log the accounting line every 10 s."""
+        logger.info("accounting: %s", worker.metrics.accounting())
+
+    @app.timer(interval=settings.topic_discovery_interval_s)  # type: ignore[untyped-decorator]
+    async def discover_topics() -> None:
+        """Subscribe to input topics created since start (a new channel needs no restart)."""
+        found = await discover_input_topics(settings)
+        for name, count in found.refused.items():
+            logger.error(
+                "not reading %s: it has %d partitions, the worker's state has %d "
+                "(TOUCHPOINT_TOPIC_PARTITIONS); recreate the topic with %d partitions",
+                name,
+                count,
+                settings.topic_partitions,
+                settings.topic_partitions,
+            )
+        new = set(found.usable) - set(input_topic.topics)
+        if new:
+            logger.info("new input topics: %s", ", ".join(sorted(new)))
+            app.batched_topics = frozenset(found.usable)
+            input_topic.topics = list(found.usable)
+            app.topics._flag_changes()  # type: ignore[attr-defined]  # resubscribe soon
+
+    from streams.agents import register_agents
+
+    register_agents(worker)
+    return worker

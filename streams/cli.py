@@ -1,0 +1,182 @@
+"""The ``touchpoint`` command: worker, demo, migrate, generate, schema, benchmark, config.
+
+Every command reads the same settings (``TOUCHPOINT_*`` environment variables or the
+TOML file given by ``--config`` / ``TOUCHPOINT_CONFIG``) and has ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from streams.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("touchpoint")
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    try:
+        return load_settings(args.config, **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])) or '(settings)'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- worker ------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the stream processor until interrupted."""
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    from faust import Worker as FaustWorker
+
+    from streams.app import create_worker
+    from streams.topics import discover_input_topics, ensure_topics
+
+    async def prepare() -> tuple[str, ...]:
+        await _migrate(settings)
+        await ensure_topics(settings, [settings.dlq_topic, settings.alerts_topic])
+        found = await discover_input_topics(settings)
+        for name, count in found.refused.items():
+            logger.error(
+                "not reading %s: %d partitions, expected %d (TOUCHPOINT_TOPIC_PARTITIONS)",
+                name,
+                count,
+                settings.topic_partitions,
+            )
+        return found.usable
+
+    try:
+        topics = asyncio.run(prepare())
+    except Exception as exc:
+        raise SystemExit(
+            f"cannot start: {exc}\nCheck TOUCHPOINT_KAFKA_BOOTSTRAP "
+            f"({settings.kafka_bootstrap}) and TOUCHPOINT_CLICKHOUSE_URL "
+            f"({settings.clickhouse_url})."
+        ) from None
+    logger.info(
+        "reading %d input topics: %s", len(topics), ", ".join(topics) or "(none yet; discovering)"
+    )
+    worker = create_worker(settings, topics)
+    faust_worker = FaustWorker(
+        worker.app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    faust_worker.execute_from_commandline()
+    return 0
+
+
+# --- migrate -----------------------------------------------------------------------------
+
+
+async def _migrate(settings: Settings) -> str:
+    from sinks.migrations import migrate
+    from streams.app import open_clickhouse
+
+    client = await open_clickhouse(settings)
+    try:
+        report = await migrate(client, settings.clickhouse_database)
+    finally:
+        await client.close()
+    return (
+        f"database {settings.clickhouse_database}: applied {list(report.applied) or 'nothing'}, "
+        f"already applied {list(report.already_applied) or 'none'}"
+        + (f", CHANGED since applied: {list(report.changed)}" if report.changed else "")
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the ClickHouse schema (idempotent)."""
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    try:
+        print(asyncio.run(_migrate(settings)))
+    except Exception as exc:
+        raise SystemExit(
+            f"migration failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}?"
+        ) from None
+    return 0
+
+
+# --- schema / config ---------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of a v1 touchpoint event."""
+    from schemas.event import event_json_schema
+
+    text = json.dumps(event_json_schema(), indent=2, sort_keys=True)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective settings, secrets masked."""
+    print(json.dumps(_settings(args).redacted(), indent=2, default=str))
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="touchpoint",
+        description="Customer-experience touchpoints from Kafka into one customer picture.",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="TOML settings file (or TOUCHPOINT_CONFIG)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: object, help_: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.set_defaults(func=func)
+        return sub
+
+    add("worker", cmd_worker, "run the stream processor (Faust agents) until interrupted")
+    add("migrate", cmd_migrate, "create or upgrade the ClickHouse schema (idempotent)")
+    schema = add("schema", cmd_schema, "print the JSON Schema of a v1 touchpoint event")
+    schema.add_argument("--output", "-o", help="write to this file instead of stdout")
+    add("config", cmd_config, "print the effective settings, secrets masked")
+
+    from streams import commands as extra
+
+    extra.register(add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``touchpoint`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130

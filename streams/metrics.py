@@ -1,0 +1,114 @@
+"""Counters of the worker, exposed at ``/metrics`` (Prometheus text) and in log lines.
+
+Accounting holds at every moment: ``consumed = accepted + duplicates + dead_lettered``.
+All four move together, in one step per batch with no await in between.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Accounting", "WorkerMetrics"]
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Totals since the worker started."""
+
+    consumed: int
+    accepted: int
+    duplicates: int
+    dead_lettered: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.consumed == self.accepted + self.duplicates + self.dead_lettered
+
+    def __str__(self) -> str:
+        return (
+            f"consumed={self.consumed} accepted={self.accepted} "
+            f"duplicates={self.duplicates} dead_lettered={self.dead_lettered}"
+        )
+
+
+class WorkerMetrics:
+    """The worker's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._consumed = Counter(
+            "touchpoint_messages_consumed", "Messages read from input topics", ["topic"], registry=r
+        )
+        self._accepted = Counter(
+            "touchpoint_events_accepted", "Valid, first-seen events", ["channel"], registry=r
+        )
+        self._duplicates = Counter(
+            "touchpoint_events_duplicate", "Repeats of an accepted event_id", ["topic"], registry=r
+        )
+        self._dead_lettered = Counter(
+            "touchpoint_messages_dead_lettered", "Messages sent to the DLQ", ["reason"], registry=r
+        )
+        self._flagged = Counter(
+            "touchpoint_events_flagged", "Accepted events with a flag", ["flag"], registry=r
+        )
+        self.batch_size = Histogram(
+            "touchpoint_batch_records",
+            "Records per input batch",
+            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
+            registry=r,
+        )
+        self.sink_pending = Gauge(
+            "touchpoint_sink_pending_rows", "Rows waiting for ClickHouse", registry=r
+        )
+        self.sink_inserted = Gauge(
+            "touchpoint_sink_inserted_rows", "Rows inserted into ClickHouse", ["table"], registry=r
+        )
+        self.sink_errors = Gauge(
+            "touchpoint_sink_insert_errors", "Failed ClickHouse insert attempts", registry=r
+        )
+        self.dedup_held = Gauge(
+            "touchpoint_dedup_ids", "Event ids in the duplicate window", registry=r
+        )
+        self._totals = Tally[str]()
+
+    def count_batch(
+        self,
+        topic: str,
+        consumed: int,
+        accepted: Tally[str],
+        duplicates: int,
+        dead_lettered: Tally[str],
+        flags: Tally[str],
+    ) -> None:
+        """Count one batch: accepted per channel, dead letters per reason, flags per flag."""
+        self._consumed.labels(topic).inc(consumed)
+        for channel, n in accepted.items():
+            self._accepted.labels(channel).inc(n)
+        if duplicates:
+            self._duplicates.labels(topic).inc(duplicates)
+        for reason, n in dead_lettered.items():
+            self._dead_lettered.labels(reason).inc(n)
+        for flag, n in flags.items():
+            self._flagged.labels(flag).inc(n)
+        self.batch_size.observe(consumed)
+        self._totals.update(
+            consumed=consumed,
+            accepted=accepted.total(),
+            duplicates=duplicates,
+            dead_lettered=dead_lettered.total(),
+        )
+
+    def accounting(self) -> Accounting:
+        t = self._totals
+        return Accounting(t["consumed"], t["accepted"], t["duplicates"], t["dead_lettered"])
+
+    def exposition(self, refresh: Callable[[], None] | None = None) -> bytes:
+        """Prometheus text format; ``refresh`` updates gauges first."""
+        if refresh is not None:
+            refresh()
+        return bytes(generate_latest(self.registry))

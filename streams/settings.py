@@ -1,0 +1,260 @@
+"""Configuration, typed and read once.
+
+Every setting comes from an environment variable ``TOUCHPOINT_<NAME>`` (for example
+``TOUCHPOINT_KAFKA_BOOTSTRAP``), from a TOML file named by ``TOUCHPOINT_CONFIG`` or
+``--config`` (keys are the lower-case names without the prefix), or from the default
+below, in that order of precedence. Secrets are ``SecretStr``: they never appear in
+``repr``, logs or ``touchpoint config``.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["DEFAULT_BLOCKED_PATTERNS", "DEFAULT_BLOCKED_VALUES", "Settings", "load_settings"]
+
+#: Placeholder values that mean "no identifier"; compared after trimming, case-insensitively.
+DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
+    "",
+    "null",
+    "undefined",
+    "none",
+    "nil",
+    "nan",
+    "0",
+    "-1",
+    "anonymous",
+    "unknown",
+    "n/a",
+    "na",
+    "[object object]",
+    "test@test.com",
+)
+#: Regular expressions for placeholder values, matched against the whole trimmed value.
+DEFAULT_BLOCKED_PATTERNS: tuple[str, ...] = (
+    r"[0\-]+",  # all-zero ids: 0000, 00000000-0000-0000-0000-000000000000
+    r"[xX*]+",  # masked values: xxxx, ****
+)
+
+_CONFIG_FILE: Path | None = None
+
+
+class Settings(BaseSettings):
+    """All settings of the worker, the demo, the generator and the benchmark."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOUCHPOINT_",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "localhost:9092", description="comma-separated host:port list of Kafka brokers"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    topic_pattern: str = Field(
+        r"^touchpoints\.[a-z0-9_]+$",
+        description="input topics; touchpoints.dlq and touchpoints.alerts are always excluded",
+    )
+    dlq_topic: str = "touchpoints.dlq"
+    alerts_topic: str = "touchpoints.alerts"
+    topic_partitions: int = Field(
+        8,
+        ge=1,
+        description=(
+            "partitions of every touchpoints.* topic and of the state changelogs; all input "
+            "topics must have this many (state is co-partitioned with its input)"
+        ),
+    )
+    topic_replication: int = Field(1, ge=1, description="replication of topics the worker creates")
+
+    # --- ClickHouse --------------------------------------------------------------------
+    clickhouse_url: str = Field("http://localhost:8123", description="ClickHouse HTTP(S) URL")
+    clickhouse_database: str = "touchpoints"
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    clickhouse_verify_tls: bool = True
+
+    # --- Worker ------------------------------------------------------------------------
+    app_id: str = Field("touchpoint-streams", description="Kafka consumer group and state prefix")
+    data_dir: Path = Field(Path("var/worker"), description="local state (RocksDB) directory")
+    store: str = Field("rocksdb://", description="table store: rocksdb:// or memory://")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535, description="metrics and health endpoint")
+    topic_discovery_interval_s: float = Field(
+        30.0, gt=0, description="how often to look for new input topics (new channels)"
+    )
+    max_poll_records: int = Field(2000, ge=1, description="records fetched per partition poll")
+    commit_interval_s: float = Field(2.0, gt=0)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- Validation and normalisation --------------------------------------------------
+    max_event_bytes: int = Field(65536, ge=1024, description="largest accepted value, bytes")
+    max_string_chars: int = Field(4096, ge=16, description="longest string anywhere in an event")
+    blocked_values: tuple[str, ...] = DEFAULT_BLOCKED_VALUES
+    blocked_patterns: tuple[str, ...] = DEFAULT_BLOCKED_PATTERNS
+    default_phone_region: str | None = Field(
+        None,
+        description=(
+            "ISO 3166 region for phone numbers written without +country (e.g. GB); "
+            "unset means such numbers are refused as malformed"
+        ),
+    )
+    clock_skew_tolerance_s: float = Field(
+        2.0, ge=0, description="|sent_at - record time| below this is network delay, not skew"
+    )
+    max_future_s: float = Field(300.0, ge=0, description="how far ahead occurred_at may be")
+    max_age_s: float = Field(30 * 86400.0, gt=0, description="how old occurred_at may be")
+    time_policy: Literal["flag", "dead_letter"] = Field(
+        "flag", description="what to do with an event outside max_future_s / max_age_s"
+    )
+
+    # --- Duplicate window --------------------------------------------------------------
+    dedup_window_s: float = Field(
+        7 * 86400.0, gt=0, description="how long an event_id is remembered, by arrival time"
+    )
+    dedup_max_ids_per_partition: int = Field(
+        500_000, ge=1000, description="bound on remembered event_ids per input partition"
+    )
+
+    # --- ClickHouse sink batching ------------------------------------------------------
+    sink_batch_rows: int = Field(20_000, ge=1, description="insert when this many rows wait")
+    sink_linger_s: float = Field(0.5, ge=0, description="insert at the latest this long after")
+    sink_max_pending_rows: int = Field(
+        200_000, ge=1, description="back-pressure: the stream waits above this many rows"
+    )
+    sink_retry_max_s: float = Field(30.0, gt=0, description="cap of the insert retry backoff")
+
+    @field_validator("clickhouse_database", "app_id")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]*$", value):
+            raise ValueError("use letters, digits, '_' and '-' only")
+        return value
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+    @field_validator("blocked_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            re.compile(pattern)
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+                raise ValueError(
+                    f"{self.kafka_security_protocol} needs TOUCHPOINT_KAFKA_SASL_MECHANISM, "
+                    "TOUCHPOINT_KAFKA_SASL_USERNAME and TOUCHPOINT_KAFKA_SASL_PASSWORD"
+                )
+            if self.kafka_sasl_password is None:
+                raise ValueError("SASL needs TOUCHPOINT_KAFKA_SASL_PASSWORD (from a secret store)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _CONFIG_FILE is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE))
+        return tuple(sources)
+
+    # --- Derived views -------------------------------------------------------------------
+    @property
+    def input_pattern(self) -> re.Pattern[str]:
+        """The input topic pattern, never matching the processor's own output topics."""
+        return re.compile(
+            rf"(?!(?:{re.escape(self.dlq_topic)}|{re.escape(self.alerts_topic)})$)"
+            rf"(?:{self.topic_pattern})"
+        )
+
+    @property
+    def dedup_window(self) -> timedelta:
+        return timedelta(seconds=self.dedup_window_s)
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options in aiokafka's vocabulary, shared by every Kafka client we create."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context()
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # checked by _sasl_complete
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS context that verifies the brokers (and presents a client cert if configured)."""
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        context.check_hostname = self.kafka_ssl_check_hostname
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                self.kafka_ssl_key_password.get_secret_value()
+                if self.kafka_ssl_key_password
+                else None,
+            )
+        return context
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting with secrets masked, for ``touchpoint config`` and start-up logs."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once: overrides, then environment, then the TOML file, then defaults.
+
+    ``config_file`` defaults to ``$TOUCHPOINT_CONFIG`` when that is set.
+    """
+    global _CONFIG_FILE
+    import os  # the one place the process environment is read directly
+
+    path = config_file or (
+        Path(os.environ["TOUCHPOINT_CONFIG"]) if os.environ.get("TOUCHPOINT_CONFIG") else None
+    )
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    _CONFIG_FILE = path
+    try:
+        return Settings(**overrides)
+    finally:
+        _CONFIG_FILE = None

@@ -1,0 +1,134 @@
+"""Record batches through Faust on a real broker: offsets commit exactly what was acked.
+
+Each test runs a small Faust app in a child process (Faust owns its event loop) and
+reads back what the consumer group committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+pytestmark = pytest.mark.integration
+
+_APP = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    import faust
+    from streams.batching import BatchingApp, RecordBatch
+
+    bootstrap, topic_name, group, total, skip_batch, workdir = sys.argv[1:7]
+    total, skip_batch = int(total), int(skip_batch)
+    app = BatchingApp(group, broker=f"kafka://{bootstrap}", store="memory://",
+                      datadir=workdir, web_enabled=False, topic_partitions=2,
+                      broker_max_poll_records=100, broker_commit_interval=0.5)
+    app.batched_topics = frozenset([topic_name])
+    topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", acks=True)
+    seen = {"records": 0, "batches": []}
+
+    @app.agent(topic)
+    async def agent(stream):
+        async for event in stream.noack().events():
+            batch = event.value
+            assert isinstance(batch, RecordBatch)
+            index = len(seen["batches"])
+            seen["batches"].append([batch.partition, batch.first_offset, batch.last_offset])
+            seen["records"] += len(batch)
+            if index != skip_batch:
+                event.ack()
+            if seen["records"] >= total:
+                await asyncio.sleep(2.0)  # two commit intervals
+                await app.consumer.commit()
+                print(json.dumps(seen), flush=True)
+                os._exit(0)
+
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    """
+)
+
+
+async def _produce(bootstrap: str, topic: str, per_partition: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for i in range(per_partition * 2):
+            await producer.send(topic, json.dumps({"i": i}).encode(), partition=i % 2)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in (0, 1)}
+    finally:
+        await consumer.stop()
+
+
+def _run_app(tmp_path: Path, bootstrap: str, topic: str, group: str, total: int, skip: int) -> dict:
+    script = tmp_path / "app.py"
+    script.write_text(_APP)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            bootstrap,
+            topic,
+            group,
+            str(total),
+            str(skip),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"app failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return dict(json.loads(lines[-1]))
+
+
+async def test_acked_batches_commit_to_the_end_of_every_partition(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic, group = f"touchpoints.batch_{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    await _produce(kafka_bootstrap, topic, per_partition=450)
+
+    seen = await asyncio.to_thread(_run_app, tmp_path, kafka_bootstrap, topic, group, 900, -1)
+
+    assert seen["records"] == 900
+    assert len(seen["batches"]) < 900 / 10, "records must arrive in batches, not one by one"
+    assert await _committed(kafka_bootstrap, group, topic) == {0: 450, 1: 450}
+
+
+async def test_commit_never_passes_a_batch_that_was_not_acked(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic, group = f"touchpoints.batch_{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    await _produce(kafka_bootstrap, topic, per_partition=450)
+
+    seen = await asyncio.to_thread(_run_app, tmp_path, kafka_bootstrap, topic, group, 900, 1)
+
+    skipped_partition, skipped_first, _ = seen["batches"][1]
+    committed = await _committed(kafka_bootstrap, group, topic)
+    assert committed[skipped_partition] == skipped_first
+    assert committed[1 - skipped_partition] == 450
