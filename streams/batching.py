@@ -8,10 +8,9 @@ topic-partition becomes a single Faust event whose offset is the run's last offs
 Faust still runs everything around it: the consumer group and rebalancing, flow
 control, table changelogs and recovery, acks and offset commits.
 
-Offsets stay exact. Before a batch is handed on, the offsets it covers except the
-last are registered as a *gap* (Faust's own mechanism for offsets that carry no
-message, such as transaction markers), so acking the batch event commits
-``last + 1`` and nothing beyond an un-acked batch is ever committed.
+Offsets stay exact. A batch event carries its last offset; acking it acks every
+offset the batch covers (and any hole before it, such as transaction markers), so
+the commit reaches ``last + 1``, and never passes a batch that is not acked.
 
 Topics other than the batched ones (changelogs, later internal topics) are delivered
 message by message exactly as Faust does.
@@ -26,6 +25,7 @@ import faust
 from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerMessage
+from faust.types.tuples import ack_lock
 
 from schemas.ingested import SourceRecord
 
@@ -35,12 +35,16 @@ __all__ = ["BatchingApp", "RecordBatch"]
 class RecordBatch:
     """The value of a batch event: consecutive records of one topic-partition, in order."""
 
-    __slots__ = ("partition", "records", "topic")
+    __slots__ = ("partition", "records", "settle_from", "topic")
 
-    def __init__(self, topic: str, partition: int, records: Sequence[Any]) -> None:
+    def __init__(
+        self, topic: str, partition: int, records: Sequence[Any], settle_from: int | None = None
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.records = records
+        #: acking the batch settles offsets settle_from..last (holes between runs included)
+        self.settle_from = int(records[0].offset) if settle_from is None else settle_from
 
     def __len__(self) -> int:
         return len(self.records)
@@ -106,25 +110,47 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
                 for record in run:
                     yield tp, to_message(tp, record)
                 continue
-            await self._settle_with_batch(tp, run[0].offset, run[-1].offset)
-            yield tp, self._to_batch_message(tp, run)
+            yield tp, self._to_batch_message(tp, run, self._settle_from(tp, run))
 
-    async def _settle_with_batch(self, tp: TP, first: int, last: int) -> None:
-        """Let the ack of offset ``last`` settle every offset read since the previous one.
+    def _settle_from(self, tp: TP, run: Sequence[Any]) -> int:
+        """The first offset the batch's ack settles: just after the previous read.
 
-        Offsets from just after the previous read (or ``first``) to ``last - 1`` become a
-        gap; that includes holes between runs (transaction markers, compacted records).
-        The read offset is set to ``last`` before the batch is handed on, so the drain
-        loop adds no gap of its own: its gaps include the new offset itself, which would
-        let a commit pass a batch that is not acked yet.
+        That includes holes between runs (transaction markers, compacted records).
+        The read offset is moved to the batch's last offset before the batch is handed
+        on, so the drain loop registers no gap of its own: its gaps include the new
+        offset itself and would let a commit pass a batch that is not acked yet.
         """
         previous = self._read_offset[tp]
-        start = first if previous is None else min(first, previous + 1)
-        if last > start:
-            await self._add_gap(tp, start, last - 1)
-        self._read_offset[tp] = last
+        first = int(run[0].offset)
+        self._read_offset[tp] = int(run[-1].offset)
+        return first if previous is None else min(first, previous + 1)
 
-    def _to_batch_message(self, tp: TP, run: Sequence[Any]) -> ConsumerMessage:
+    def ack(self, message: faust.types.Message) -> bool:
+        """Ack a message; for a batch, every offset it settles is acked with it.
+
+        Offsets are settled only when the batch is acked, never when it is fetched:
+        a commit stops at the first batch that is not acked, however many later
+        batches of the partition are.
+        """
+        with ack_lock:
+            newly = bool(super().ack(message))
+            batch = message.value
+            if newly and isinstance(batch, RecordBatch):
+                tp = message.tp
+                committed = self._committed_offset[tp]
+                index = self._acked_index[tp]
+                acked = self._acked[tp]
+                start = (
+                    batch.settle_from if committed is None else max(batch.settle_from, committed)
+                )
+                for offset in range(start, batch.last_offset):
+                    if offset not in index:
+                        index.add(offset)
+                        acked.append(offset)
+                self._n_acked += max(0, batch.last_offset - start)
+            return newly
+
+    def _to_batch_message(self, tp: TP, run: Sequence[Any], settle_from: int) -> ConsumerMessage:
         last = run[-1]
         timestamp: Any = last.timestamp / 1000.0 if last.timestamp is not None else None
         size = sum(r.serialized_value_size for r in run)
@@ -136,7 +162,7 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
             last.timestamp_type,
             [],
             None,
-            RecordBatch(tp.topic, tp.partition, run),  # type: ignore[arg-type]
+            RecordBatch(tp.topic, tp.partition, run, settle_from),  # type: ignore[arg-type]
             None,
             0,
             size,

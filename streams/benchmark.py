@@ -108,7 +108,8 @@ def run_faust_floor(bootstrap: str, topics: list[str], events: int, workdir: Pat
         timeout=1800,
         check=False,
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    # Faust's terminal handling may put escape codes before the line
+    lines = [line.split("RESULT ", 1)[1] for line in proc.stdout.splitlines() if "RESULT " in line]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"bare Faust run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return BenchResult(**json.loads(lines[-1]))
@@ -144,7 +145,7 @@ def _faust_floor_main(bootstrap: str, topics: str, events: int, workdir: str) ->
                     elapsed,
                     peak_rss_mib(),
                 )
-                sys.stdout.write(json.dumps(asdict(result)) + "\n")
+                sys.stdout.write("RESULT " + json.dumps(asdict(result)) + "\n")
                 sys.stdout.flush()
                 os._exit(0)
 

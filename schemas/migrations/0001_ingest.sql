@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS {database}.events_store
     occurred_at DateTime64(3, 'UTC') COMMENT 'event time, corrected for device clock skew',
     client_occurred_at DateTime64(3, 'UTC') COMMENT 'occurred_at as the producer sent it',
     sent_at Nullable(DateTime64(3, 'UTC')),
-    clock_skew_ms Int64 COMMENT 'producer clock minus Kafka record time; 0 when within tolerance',
+    clock_skew_ms Int64 COMMENT 'producer clock minus Kafka record time, 0 when within tolerance',
     received_at DateTime64(3, 'UTC'),
     channel LowCardinality(String),
     type LowCardinality(String),

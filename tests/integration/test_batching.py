@@ -48,7 +48,7 @@ _APP = textwrap.dedent(
             if seen["records"] >= total:
                 await asyncio.sleep(2.0)  # two commit intervals
                 await app.consumer.commit()
-                print(json.dumps(seen), flush=True)
+                print("RESULT " + json.dumps(seen), flush=True)
                 os._exit(0)
 
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
@@ -102,7 +102,8 @@ def _run_app(tmp_path: Path, bootstrap: str, topic: str, group: str, total: int,
         timeout=180,
         check=False,
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    # Faust's terminal handling may put escape codes before the line
+    lines = [line.split("RESULT ", 1)[1] for line in proc.stdout.splitlines() if "RESULT " in line]
     assert lines, f"app failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return dict(json.loads(lines[-1]))
 

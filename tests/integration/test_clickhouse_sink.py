@@ -152,13 +152,15 @@ async def test_stored_event_reads_back_with_types_and_normalised_values(
     await asyncio.wait_for(stored.wait(), 30)
     await sink.stop()
 
-    row = (
+    rows = (
         await client.query(
             f"SELECT event_id, occurred_at, channel, identifiers, survey_metric, survey_score, "
             f"survey_scale_max, transferred, currency, context, properties, source_partition, "
             f"source_offset FROM {clickhouse_database}.events"
         )
     ).result_rows
+    # clickhouse-connect gives UTC wall time for a column in the server's own zone
+    row = [(r[0], r[1].replace(tzinfo=r[1].tzinfo or UTC), *r[2:]) for r in rows]
     assert row == [
         (
             "e-1",
@@ -186,7 +188,7 @@ async def test_stored_event_reads_back_with_types_and_normalised_values(
     reason, raw_hex, headers, topic, offset = letters[0]
     assert (reason, topic, offset) == (Reason.NOT_UTF8.value, "touchpoints.sms", 7)
     assert bytes.fromhex(raw_hex) == b"\xff\x00not json"  # the original bytes, exactly
-    assert [tuple(h) for h in headers] == [("h", "v")]
+    assert [(h["name"], h["value"]) for h in headers] == [("h", "v")]  # named tuple -> dict
 
 
 async def test_retried_insert_with_the_same_token_stores_rows_once(

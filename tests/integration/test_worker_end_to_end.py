@@ -70,12 +70,13 @@ class Stack:
         port = _free_port()
         log = self.tmp / f"{name}.log"
         env = {**self.env, "TOUCHPOINT_WEB_PORT": str(port)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         return RunningWorker(proc, f"http://127.0.0.1:{port}", log)
 
 
