@@ -125,7 +125,6 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        web_transport="aiohttp://",
         loghandlers=[],
     )
     app.batched_topics = frozenset(input_topics)
@@ -141,8 +140,6 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         DEDUP_TABLE,
         default=None,
         partitions=settings.topic_partitions,
-        key_serializer="json",
-        value_serializer="json",
         help="Event ids accepted recently, one entry per input batch (the duplicate window).",
     )
     worker = Worker(
@@ -189,7 +186,7 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         """Prometheus metrics of this worker."""
         return view.bytes(
             worker.metrics.exposition(worker.refresh_gauges),
-            content_type="text/plain; version=0.0.4; charset=utf-8",
+            content_type="text/plain; version=0.0.4",
         )
 
     @app.page("/accounting")
@@ -220,7 +217,11 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         if new:
             logger.info("new input topics: %s", ", ".join(sorted(new)))
             app.batched_topics = frozenset(found.usable)
-            input_topic.topics = list(found.usable)
+            subscribed = set(input_topic.topics)
+            # the agent iterates a clone of the topic; every copy the conductor holds changes
+            for channel in [input_topic, *app.topics]:
+                if set(getattr(channel, "topics", ())) == subscribed:
+                    channel.topics = list(found.usable)
             app.topics._flag_changes()  # type: ignore[attr-defined]  # resubscribe soon
 
     from streams.agents import register_agents
