@@ -1,12 +1,470 @@
-"""Commands that need the embedded infrastructure or the generator: demo, generate, benchmark."""
+"""The commands that orchestrate processes: ``generate``, ``demo`` and ``benchmark``."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
 
+CHANNELS = (
+    "web", "mobile_app", "email", "sms", "push", "call_center", "chat", "social", "store",
+    "survey", "billing", "support", "product",
+)  # fmt: skip
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- generate ----------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Publish synthetic touchpoints to the configured Kafka."""
+    from streams.cli import _settings
+    from streams.generator import GeneratorConfig, benchmark_events, generate, publish
+    from streams.topics import ensure_topics
+
+    settings = _settings(args)
+    if args.benchmark:
+        messages = benchmark_events(args.seed, args.events, args.customers)
+    else:
+        messages = generate(
+            GeneratorConfig(
+                seed=args.seed,
+                events=args.events,
+                customers=args.customers,
+                start=datetime.now(UTC) - timedelta(days=args.days),
+                span=timedelta(days=args.days),
+                bad_share=args.bad_share,
+                duplicate_share=args.duplicate_share,
+            )
+        )
+
+    async def run() -> Any:
+        await ensure_topics(settings, [f"touchpoints.{c}" for c in CHANNELS])
+        return await publish(
+            messages,
+            settings.kafka_bootstrap,
+            rate=args.rate,
+            compression=args.compression,
+            progress=lambda n: _say(f"published {n:,} / {args.events:,}"),
+            producer_options=settings.kafka_client_options(),
+        )
+
+    stats = asyncio.run(run())
+    print(
+        json.dumps(
+            {
+                "published": stats.total,
+                "seconds": round(stats.seconds, 2),
+                "by_kind": dict(stats.per_kind),
+                "by_topic": dict(stats.per_topic),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+# --- shared: a worker process ------------------------------------------------------------
+
+
+class _WorkerProcess:
+    """``touchpoint worker`` as a child process with its own environment."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = _free_port()
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker"],
+                env={**env, "TOUCHPOINT_WEB_PORT": str(self.port)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def accounting(self) -> dict[str, Any] | None:
+        import httpx
+
+        try:
+            response = httpx.get(f"http://127.0.0.1:{self.port}/accounting", timeout=2)
+            return dict(response.json()) if response.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the worker exited; its log:\n{self.tail()}")
+            if self.accounting() is not None:
+                return
+            time.sleep(0.3)
+        raise SystemExit(
+            f"the worker did not start within {timeout:.0f} s; its log:\n{self.tail()}"
+        )
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _worker_env(bootstrap: str, clickhouse_url: str, state: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHPOINT_")}
+    env.update(
+        {
+            "TOUCHPOINT_KAFKA_BOOTSTRAP": bootstrap,
+            "TOUCHPOINT_CLICKHOUSE_URL": clickhouse_url,
+            "TOUCHPOINT_DATA_DIR": str(state),
+            **extra,
+        }
+    )
+    return env
+
+
+async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names if n not in existing])
+    finally:
+        await admin.close()
+
+
+def _clickhouse_client(url: str) -> Any:
+    import clickhouse_connect
+
+    return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+
+
+def _wait(predicate: Callable[[], bool], worker: _WorkerProcess, timeout: float, what: str,
+          report: Callable[[], str] | None = None) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if worker.proc.poll() is not None:
+            raise SystemExit(f"the worker exited while waiting for {what}:\n{worker.tail()}")
+        if report and time.monotonic() - last_report > 2:
+            _say(report())
+            last_report = time.monotonic()
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}:\n{worker.tail()}")
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Broker, ClickHouse, worker and generator on embedded infrastructure."""
+    from streams.embedded.clickhouse import EmbeddedClickHouse
+    from streams.embedded.kafka import ApacheKafka, Tansu, java_available
+    from streams.generator import GeneratorConfig, generate, publish
+
+    home = Path(args.dir)
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    with ExitStack() as stack:
+        use_kafka = args.broker == "kafka" or (args.broker == "auto" and java_available())
+        _say("starting " + ("Apache Kafka" if use_kafka else "Tansu") + " ...")
+        broker = ApacheKafka(home / "kafka") if use_kafka else Tansu(home / "tansu")
+        stack.enter_context(broker)
+        _say(f"  broker at {broker.bootstrap}")
+        _say("starting the embedded ClickHouse ...")
+        clickhouse = stack.enter_context(EmbeddedClickHouse(home / "clickhouse"))
+        _say(f"  ClickHouse HTTP interface at {clickhouse.url}")
+        partitions = 4
+        asyncio.run(
+            _create_topics(broker.bootstrap, [f"touchpoints.{c}" for c in CHANNELS], partitions)
+        )
+        _say("starting the worker ...")
+        worker = _WorkerProcess(
+            _worker_env(
+                broker.bootstrap,
+                clickhouse.url,
+                home / "state",
+                TOUCHPOINT_TOPIC_PARTITIONS=str(partitions),
+                TOUCHPOINT_SINK_LINGER_S="0.2",
+            ),
+            home / "worker.log",
+        )
+        stack.callback(worker.stop)
+        worker.wait_ready()
+        _say(f"  worker ready; metrics at http://127.0.0.1:{worker.port}/metrics")
+        config = GeneratorConfig(
+            seed=args.seed,
+            events=args.events,
+            customers=max(10, args.events // 20),
+            start=datetime.now(UTC) - timedelta(days=14),
+            span=timedelta(days=14),
+            bad_share=args.bad_share,
+            duplicate_share=args.duplicate_share,
+        )
+        _say(f"publishing {args.events:,} touchpoints ...")
+        stats = asyncio.run(
+            publish(
+                generate(config),
+                broker.bootstrap,
+                progress=lambda n: _say(f"  published {n:,}"),
+                progress_every=max(1000, args.events // 5),
+            )
+        )
+        _say(f"  published {stats.total:,} in {stats.seconds:.1f} s")
+
+        def counts() -> dict[str, Any]:
+            return worker.accounting() or {}
+
+        _wait(
+            lambda: counts().get("consumed", 0) >= stats.total,
+            worker,
+            600,
+            "every message to be consumed",
+            lambda: f"  consumed {counts().get('consumed', 0):,} / {stats.total:,}",
+        )
+        totals = counts()
+        client = _clickhouse_client(clickhouse.url)
+
+        def stored() -> bool:
+            events = client.query("SELECT count() FROM touchpoints.events").result_rows[0][0]
+            letters = client.query("SELECT count() FROM touchpoints.dead_letters").result_rows
+            return bool(events == totals["accepted"] and letters[0][0] == totals["dead_lettered"])
+
+        _wait(stored, worker, 300, "ClickHouse to hold every row")
+        by_channel = client.query(
+            "SELECT channel, count() FROM touchpoints.events GROUP BY channel ORDER BY 2 DESC"
+        ).result_rows
+        reasons = client.query(
+            "SELECT reason, count() FROM touchpoints.dead_letters GROUP BY reason ORDER BY 2 DESC"
+        ).result_rows
+        print(_demo_report(stats.total, totals, by_channel, reasons, clickhouse.url, worker.port))
+        if args.keep_running:
+            _say("infrastructure keeps running; Ctrl-C stops everything")
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    return 0 if totals.get("balanced") else 1
+
+
+def _demo_report(
+    published: int,
+    totals: dict[str, Any],
+    by_channel: list[Any],
+    reasons: list[Any],
+    clickhouse_url: str,
+    web_port: int,
+) -> str:
+    lines = [
+        "",
+        "accounting (every message consumed is accounted for)",
+        f"  published      {published:>8,}",
+        f"  consumed       {totals['consumed']:>8,}",
+        f"  accepted       {totals['accepted']:>8,}",
+        f"  duplicates     {totals['duplicates']:>8,}",
+        f"  dead-lettered  {totals['dead_lettered']:>8,}",
+        "  consumed = accepted + duplicates + dead-lettered: "
+        + ("yes" if totals["balanced"] else "NO"),
+        "",
+        "events by channel (ClickHouse touchpoints.events)",
+        *(f"  {channel:<14} {count:>8,}" for channel, count in by_channel),
+        "",
+        "dead letters by reason (ClickHouse touchpoints.dead_letters)",
+        *(f"  {reason:<22} {count:>6,}" for reason, count in reasons),
+        "",
+        "query it:",
+        f"  curl '{clickhouse_url}/?query=SELECT+channel,count()+FROM+touchpoints.events"
+        "+GROUP+BY+channel'",
+        f"  metrics: http://127.0.0.1:{web_port}/metrics",
+    ]
+    return "\n".join(lines)
+
+
+# --- benchmark ---------------------------------------------------------------------------
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Ceiling, bare Faust and this worker on the same broker and data, in one run."""
+    from streams.benchmark import BenchResult, run_ceiling, run_faust_floor
+    from streams.embedded.clickhouse import EmbeddedClickHouse
+    from streams.embedded.kafka import ApacheKafka
+    from streams.generator import benchmark_events, publish
+
+    work = Path(tempfile.mkdtemp(prefix="touchpoint-bench-"))
+    channels = ["web", "mobile_app", "email", "call_center"]
+    topics = [f"touchpoints.{c}" for c in channels]
+    results: list[BenchResult] = []
+    try:
+        with (
+            ApacheKafka(work / "kafka", heap="1g") as kafka,
+            EmbeddedClickHouse(work / "clickhouse") as clickhouse,
+        ):
+            asyncio.run(_create_topics(kafka.bootstrap, topics, args.partitions))
+            _say(f"publishing {args.events:,} events over {args.customers:,} customers ...")
+            stats = asyncio.run(
+                publish(
+                    benchmark_events(args.seed, args.events, args.customers),
+                    kafka.bootstrap,
+                    compression="lz4",
+                    progress=lambda n: _say(f"  published {n:,}"),
+                    progress_every=50_000,
+                )
+            )
+            size = sum(len(m.value) for m in benchmark_events(args.seed, 2000, args.customers))
+            _say(
+                f"  {stats.total:,} events (~{size / 2000:.0f} bytes each) in {stats.seconds:.1f} s"
+            )
+
+            _say("(a) ceiling: aiokafka getmany + orjson ...")
+            results.append(asyncio.run(run_ceiling(kafka.bootstrap, topics, args.events)))
+            _say(f"    {results[-1].rate:,.0f} events/s")
+            _say("(b) bare Faust agent ...")
+            results.append(run_faust_floor(kafka.bootstrap, topics, args.events, work / "faust"))
+            _say(f"    {results[-1].rate:,.0f} events/s")
+            _say("(c) this worker, end to end into ClickHouse ...")
+            results.append(_bench_worker(kafka.bootstrap, clickhouse.url, args, work))
+            _say(f"    {results[-1].rate:,.0f} events/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ceiling, floor, worker = results
+    report = {
+        "events": args.events,
+        "customers": args.customers,
+        "partitions": args.partitions,
+        "results": [{**asdict(r), "events_per_s": round(r.rate)} for r in results],
+        "c_over_a": round(worker.rate / ceiling.rate, 3),
+        "c_over_b": round(worker.rate / floor.rate, 3),
+    }
+    lines = [
+        "",
+        f"{'loop':<46} {'events/s':>10} {'peak RSS MiB':>13}",
+        *(f"{r.name:<46} {r.rate:>10,.0f} {r.peak_rss_mib:>13.0f}" for r in results),
+        "",
+        f"c/a = {report['c_over_a']:.3f}   c/b = {report['c_over_b']:.3f}",
+    ]
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _bench_worker(bootstrap: str, clickhouse_url: str, args: argparse.Namespace, work: Path) -> Any:
+    from streams.benchmark import BenchResult, peak_rss_mib
+
+    worker = _WorkerProcess(
+        _worker_env(
+            bootstrap,
+            clickhouse_url,
+            work / "state",
+            TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
+            TOUCHPOINT_APP_ID="bench-worker",
+            TOUCHPOINT_LOG_LEVEL="WARNING",
+            # every benchmark event lies in the past; flag them, as in production
+            TOUCHPOINT_MAX_AGE_S=str(10 * 365 * 86400),
+        ),
+        work / "worker.log",
+    )
+    try:
+        worker.wait_ready()
+        client = _clickhouse_client(clickhouse_url)
+        first = 0.0
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            totals = worker.accounting() or {}
+            if not first and totals.get("consumed", 0) > 0:
+                first = time.perf_counter()
+            if totals.get("consumed", 0) >= args.events:
+                break
+            if worker.proc.poll() is not None:
+                raise SystemExit(f"the worker exited:\n{worker.tail()}")
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            stored = client.query("SELECT count() FROM touchpoints.events_store").result_rows[0][0]
+            if stored >= args.events:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - first
+        rss = peak_rss_mib(worker.proc.pid)
+    finally:
+        worker.stop()
+    return BenchResult("this worker, end to end into ClickHouse", args.events, elapsed, rss)
+
+
+# --- registration ------------------------------------------------------------------------
+
 
 def register(add: Callable[..., Any]) -> None:
     """Add the commands to the ``touchpoint`` parser."""
+    generate = add("generate", cmd_generate, "publish realistic synthetic touchpoints to Kafka")
+    generate.add_argument("--events", type=int, default=10_000, help="how many (default 10000)")
+    generate.add_argument("--customers", type=int, default=1_000, help="population size")
+    generate.add_argument("--seed", type=int, default=7, help="same seed, same events")
+    generate.add_argument("--days", type=float, default=14, help="event-time span, ending now")
+    generate.add_argument("--rate", type=float, default=None, help="events per second cap")
+    generate.add_argument("--bad-share", type=float, default=0.0, help="share of broken messages")
+    generate.add_argument("--duplicate-share", type=float, default=0.0, help="share of re-sends")
+    generate.add_argument("--compression", choices=["gzip", "snappy", "lz4", "zstd"], default=None)
+    generate.add_argument(
+        "--benchmark", action="store_true", help="simple ~300-byte events (as the benchmark)"
+    )
+
+    demo = add("demo", cmd_demo, "everything on embedded infrastructure, one command")
+    demo.add_argument("--events", type=int, default=20_000, help="touchpoints to publish")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--bad-share", type=float, default=0.02, help="share of broken messages")
+    demo.add_argument("--duplicate-share", type=float, default=0.01, help="share of re-sends")
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "tansu", "kafka"],
+        default="tansu",
+        help="tansu (no JVM, default), kafka (Apache Kafka, needs Java), or auto",
+    )
+    demo.add_argument("--dir", default="var/demo", help="working directory (recreated)")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="keep everything up for queries until Ctrl-C"
+    )
+
+    bench = add("benchmark", cmd_benchmark, "ceiling vs bare Faust vs this worker, one run")
+    bench.add_argument("--events", type=int, default=200_000)
+    bench.add_argument("--customers", type=int, default=100_000)
+    bench.add_argument("--partitions", type=int, default=4)
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--json", help="also write the results to this file")

@@ -94,7 +94,7 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     if encoding == "deflate":
         return zlib.decompress(body)
     if encoding == "br":
-        import brotli  # type: ignore[import-not-found]
+        import brotli
 
         return bytes(brotli.decompress(body))
     if encoding == "zstd":
@@ -237,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         expected = self.server.password
         if not expected:
             return True
-        given = params.get("password") or self.headers.get("X-ClickHouse-Key", "")
+        given = params.get("password") or self.headers.get("X-ClickHouse-Key") or ""
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Basic "):
             given = b64decode(auth[6:]).decode().partition(":")[2]
