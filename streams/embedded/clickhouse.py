@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import logging
 import re
@@ -86,26 +87,44 @@ class EmbeddedClickHouseError(RuntimeError):
 
 
 def _decompress(body: bytes, encoding: str) -> bytes:
+    """Decode a request body; a body may be several concatenated frames.
+
+    clickhouse-connect compresses each block of an insert as a frame of its own, so
+    reading only the first frame would silently drop every block after it.
+    """
     encoding = encoding.strip().lower()
     if not encoding or encoding == "identity":
         return body
     if encoding == "gzip":
-        return gzip.decompress(body)
+        return gzip.decompress(body)  # reads every member
     if encoding == "deflate":
-        return zlib.decompress(body)
+        return _each_frame(body, lambda: zlib.decompressobj())
+    if encoding == "zstd":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(body), read_across_frames=True
+        )
+        return bytes(reader.read())
+    if encoding == "lz4":
+        import lz4.frame
+
+        return _each_frame(body, lambda: lz4.frame.LZ4FrameDecompressor())
     if encoding == "br":
         import brotli
 
         return bytes(brotli.decompress(body))
-    if encoding == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
-    if encoding == "lz4":
-        import lz4.frame
-
-        return bytes(lz4.frame.decompress(body))
     raise ValueError(f"unsupported Content-Encoding: {encoding}")
+
+
+def _each_frame(body: bytes, decompressor: Any) -> bytes:
+    out = bytearray()
+    rest = body
+    while rest:
+        frame = decompressor()
+        out += frame.decompress(rest)
+        rest = frame.unused_data
+    return bytes(out)
 
 
 _BODY_INSERT = re.compile(rb"^\s*INSERT\b.*?\bFORMAT\s+\w+[ \t]*\r?\n?", re.S | re.I)

@@ -235,3 +235,19 @@ async def test_callback_runs_only_after_rows_are_queryable(
     assert counts == [-1]
     assert await _count(client, clickhouse_database, "events") == 1
     await sink.stop()
+
+
+async def test_a_batch_larger_than_one_native_block_is_stored_whole(
+    client: Any, clickhouse_database: str
+) -> None:
+    template = _event("big-0", 0)
+    events = [
+        IngestedEvent(**{**{f: getattr(template, f) for f in template.__slots__},
+                         "event": template.event.model_copy(update={"event_id": f"big-{i}"})})
+        for i in range(30_000)
+    ]  # fmt: skip
+    sink = ClickHouseSink(client, clickhouse_database, batch_rows=50_000, linger_s=0.05)
+    await sink.start()
+    await sink.add(events, [], lambda: None, token="big")
+    await sink.stop()
+    assert await _count(client, clickhouse_database, "events") == 30_000
