@@ -31,7 +31,8 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not() -> None:
     config = GeneratorConfig(seed=3, events=500, customers=50, bad_share=0.1)
     first = [(m.topic, m.key, m.value, m.headers) for m in generate(config)]
     again = [(m.topic, m.key, m.value, m.headers) for m in generate(config)]
-    other = [(m.topic, m.key, m.value, m.headers) for m in generate(GeneratorConfig(seed=4, events=500, customers=50, bad_share=0.1))]  # fmt: skip
+    other_config = GeneratorConfig(seed=4, events=500, customers=50, bad_share=0.1)
+    other = [(m.topic, m.key, m.value, m.headers) for m in generate(other_config)]
     assert first == again
     assert first != other
 
