@@ -14,8 +14,8 @@ from schemas.dead_letter import DeadLetter, Reason
 from schemas.ingested import IngestedEvent, SourceRecord
 from streams.app import ingest_rules
 from streams.dedup import DuplicateWindow
-from streams.ingest import triage
 from streams.ingest import ingest as run_ingest
+from streams.ingest import triage
 from streams.settings import Settings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -186,7 +186,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(list(touchpoint()) + ["survey", "channel", "sent_at"]),
+@given(st.dictionaries(st.sampled_from([*list(touchpoint()), "survey", "channel", "sent_at"]),
                        json_values, max_size=6))  # fmt: skip
 def test_any_json_object_is_accepted_or_dead_lettered_with_a_known_reason(
     document: dict[str, Any],
