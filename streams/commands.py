@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from streams.embedded.process import free_port
 
 __all__ = ["register"]
 
@@ -31,12 +32,6 @@ CHANNELS = (
 def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- generate ----------------------------------------------------------------------------
@@ -97,7 +92,7 @@ class _WorkerProcess:
     """``touchpoint worker`` as a child process with its own environment."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(

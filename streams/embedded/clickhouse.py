@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,9 +42,10 @@ from base64 import b64decode
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from streams.embedded.process import ChildProcess, free_port
 
 __all__ = ["ClickHouseHTTPServer", "EmbeddedClickHouse", "EmbeddedClickHouseError"]
 
@@ -351,7 +353,7 @@ class ClickHouseHTTPServer(ThreadingHTTPServer):
         return f"http://{host!s}:{port}"
 
 
-class EmbeddedClickHouse:
+class EmbeddedClickHouse(ChildProcess):
     """Runs :class:`ClickHouseHTTPServer` in a child process on a free loopback port.
 
     A separate process keeps the engine's CPU work off the worker's event loop and
@@ -364,28 +366,12 @@ class EmbeddedClickHouse:
         self.start_timeout = start_timeout
         self.url = ""
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = self.path / "server.log"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        self._log_path = self.path / "server.log"
 
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
-        with self._log.open("ab") as log:  # the child keeps its own descriptor
+        port = free_port()
+        with self._log_path.open("ab") as log:  # the child keeps its own descriptor
             self._proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -412,29 +398,14 @@ class EmbeddedClickHouse:
                         return
             except OSError:
                 time.sleep(0.2)
-        tail = self._log.read_text(errors="replace")[-3000:] if self._log.exists() else ""
+        tail = self._log_path.read_text(errors="replace")[-3000:] if self._log_path.exists() else ""
         self.stop()
         raise EmbeddedClickHouseError(f"embedded ClickHouse did not start:\n{tail}")
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        super().stop()
         if self._owned:
-            import shutil
-
             shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _main(argv: list[str] | None = None) -> int:

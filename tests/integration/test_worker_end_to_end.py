@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams.embedded.process import free_port
+
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 CODECS = (None, "gzip", "snappy", "lz4", "zstd")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -67,7 +62,7 @@ class Stack:
     tmp: Path
 
     def start_worker(self, name: str = "w1") -> RunningWorker:
-        port = _free_port()
+        port = free_port()
         log = self.tmp / f"{name}.log"
         env = {**self.env, "TOUCHPOINT_WEB_PORT": str(port)}
         with log.open("ab") as out:
@@ -363,5 +358,42 @@ async def test_a_new_channel_topic_is_read_without_a_restart(stack: Stack, ch: A
             ]
 
         await wait_for(both, worker, timeout=120, what="the new channel's event")
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip"])
+async def test_events_from_the_java_client_are_accepted(
+    stack: Stack, ch: Any, kafka_broker: Any, codec: str
+) -> None:
+    """Any producer works: here Apache Kafka's own console producer (the Java client)."""
+    from streams.embedded.kafka import fetch_kafka_jars
+
+    web = channel_topic(stack, "web")
+    await create_topics(stack, [web])
+    worker = await started(stack.start_worker())
+    try:
+        lines = "".join(
+            f"key-{i}|{orjson.dumps(event(f'java-{codec}-{i}')).decode()}\n" for i in range(50)
+        )
+        jars = fetch_kafka_jars(kafka_broker.version)
+        produced = await asyncio.to_thread(
+            subprocess.run,
+            ["java", "-cp", f"{jars}/*", "org.apache.kafka.tools.ConsoleProducer",
+             "--bootstrap-server", stack.bootstrap, "--topic", web,
+             "--compression-codec", codec,
+             "--property", "parse.key=true", "--property", "key.separator=|"],
+            input=lines, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert produced.returncode == 0, produced.stderr
+        db = stack.database
+
+        async def all_there() -> bool:
+            return bool(
+                await scalar(ch, f"SELECT count() FROM {db}.events WHERE event_id LIKE 'java-%'")
+                == 50
+            )
+
+        await wait_for(all_there, worker, what="events from the Java producer")
     finally:
         worker.stop()
