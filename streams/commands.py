@@ -270,6 +270,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "SELECT reason, count() FROM touchpoints.dead_letters GROUP BY reason ORDER BY 2 DESC"
         ).result_rows
         print(_demo_report(stats.total, totals, by_channel, reasons, clickhouse.url, worker.port))
+        if not args.keep_running:
+            print(
+                "\n(everything stops now; `touchpoint demo --keep-running` keeps it up "
+                "for queries until Ctrl-C)"
+            )
         if args.keep_running:
             _say("infrastructure keeps running; Ctrl-C stops everything")
             try:
@@ -305,7 +310,7 @@ def _demo_report(
         "dead letters by reason (ClickHouse touchpoints.dead_letters)",
         *(f"  {reason:<22} {count:>6,}" for reason, count in reasons),
         "",
-        "query it:",
+        "query it (while it runs):",
         f"  curl '{clickhouse_url}/?query=SELECT+channel,count()+FROM+touchpoints.events"
         "+GROUP+BY+channel'",
         f"  metrics: http://127.0.0.1:{web_port}/metrics",
