@@ -41,6 +41,7 @@ def register_agents(worker: Worker) -> None:
     async def ingest(stream: Any) -> None:
         """Validate, normalise and de-duplicate touchpoints; store them; dead-letter the rest."""
         sink = await worker.wait_for_sink()
+        logger.info("ingest agent running")
         async for event in stream.noack().events():
             batch: RecordBatch = event.value
             now = datetime.now(UTC)

@@ -174,6 +174,7 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
             )
             await worker.sink.start()
             worker.sink_ready.set()
+            logger.info("ClickHouse sink ready: %s", settings.clickhouse_url)
 
         async def on_stop(self) -> None:
             if worker.sink is not None:

@@ -113,17 +113,27 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
             yield tp, self._to_batch_message(tp, run, self._settle_from(tp, run))
 
     def _settle_from(self, tp: TP, run: Sequence[Any]) -> int:
-        """The first offset the batch's ack settles: just after the previous read.
+        """The first offset the batch's ack settles: just after the previous delivery.
 
         That includes holes between runs (transaction markers, compacted records).
-        The read offset is moved to the batch's last offset before the batch is handed
-        on, so the drain loop registers no gap of its own: its gaps include the new
-        offset itself and would let a commit pass a batch that is not acked yet.
+        The read offset itself is left to Faust's drain loop, which moves it only once
+        a message is delivered: moving it earlier would make Faust drop, as already
+        read, the records it fetches again after a seek (recovery, rebalance).
         """
         previous = self._read_offset[tp]
         first = int(run[0].offset)
-        self._read_offset[tp] = int(run[-1].offset)
         return first if previous is None else min(first, previous + 1)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Gaps between batches are settled by the batches' acks, never in advance.
+
+        The drain loop registers the offsets between two deliveries as a gap that
+        includes the new message's own offset; for a batch that would let a commit pass
+        it before it is acked.
+        """
+        if getattr(self.app, "is_batched_topic", _never)(tp.topic):
+            return
+        await super()._add_gap(tp, offset_from, offset_to)
 
     def ack(self, message: faust.types.Message) -> bool:
         """Ack a message; for a batch, every offset it settles is acked with it.
