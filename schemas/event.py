@@ -94,8 +94,9 @@ def parse_timestamp(value: object) -> datetime:
                 "expected RFC 3339 date-time with offset or epoch milliseconds, got '{value}'",
                 {"value": value[:64]},
             )
+        text = value[:-1] + "+00:00" if value[-1:] in ("z", "Z") else value
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(text.replace("t", "T", 1) if "t" in text else text)
         except ValueError as exc:
             raise PydanticCustomError(
                 "invalid_timestamp",
@@ -118,7 +119,7 @@ class _Model(BaseModel):
     # before this processor learns them (forward compatibility).
     # String lengths are checked once over the raw document by the processor, with the
     # configured limit (``MAX_STRING_CHARS`` by default), not per field here.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class Survey(_Model):
@@ -142,15 +143,15 @@ class Survey(_Model):
             low, high, integral = 1, 7, False
             if self.scale_max not in (None, 7):
                 raise PydanticCustomError("score_out_of_range", "CES is always on a 1..7 scale")
-        if integral and score != int(score):
-            raise PydanticCustomError(
-                "score_out_of_range", "{metric} score must be an integer", {"metric": self.metric}
-            )
-        if not low <= score <= high:
+        if not low <= score <= high:  # also false for NaN
             raise PydanticCustomError(
                 "score_out_of_range",
                 "{metric} score {score} outside {low}..{high}",
                 {"metric": self.metric, "score": score, "low": low, "high": high},
+            )
+        if integral and not float(score).is_integer():
+            raise PydanticCustomError(
+                "score_out_of_range", "{metric} score must be an integer", {"metric": self.metric}
             )
         return self
 
@@ -200,10 +201,15 @@ class TouchpointEvent(_Model):
     context: dict[str, str] = Field(default_factory=dict)
     properties: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("occurred_at", "sent_at", mode="plain")
+    @field_validator("occurred_at", mode="plain")
     @classmethod
     def _timestamp(cls, value: object) -> datetime:
         return parse_timestamp(value)
+
+    @field_validator("sent_at", mode="plain")
+    @classmethod
+    def _optional_timestamp(cls, value: object) -> datetime | None:
+        return None if value is None else parse_timestamp(value)
 
     @field_validator("schema_version", mode="after")
     @classmethod
@@ -219,7 +225,7 @@ class TouchpointEvent(_Model):
     @field_validator("channel", mode="after")
     @classmethod
     def _channel_syntax(cls, value: str | None) -> str | None:
-        if value is not None and not _CHANNEL_RE.match(value):
+        if value is not None and not _CHANNEL_RE.fullmatch(value):
             raise PydanticCustomError(
                 "invalid_channel", "channel '{value}' is not [a-z0-9_]+", {"value": value}
             )
@@ -239,7 +245,7 @@ class TouchpointEvent(_Model):
 
 def is_identifier_kind(kind: str) -> bool:
     """True for a contract identifier kind or a custom ``x_<name>`` kind."""
-    return kind in IDENTIFIER_KINDS or bool(_CUSTOM_KIND_RE.match(kind))
+    return kind in IDENTIFIER_KINDS or bool(_CUSTOM_KIND_RE.fullmatch(kind))
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -259,6 +265,7 @@ def event_json_schema() -> dict[str, Any]:
         "title": "Sent At",
         "description": "producer clock at send time; corrects device clock skew",
     }
+    props["schema_version"]["const"] = SCHEMA_VERSION
     props["identifiers"]["maxProperties"] = MAX_IDENTIFIERS
     props["identifiers"]["propertyNames"] = {
         "anyOf": [

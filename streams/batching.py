@@ -26,6 +26,8 @@ from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerMessage
 from faust.types.tuples import ack_lock
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from schemas.ingested import SourceRecord
 
@@ -200,6 +202,23 @@ class _BatchingTransport(faust_aiokafka.Transport):
     Conductor: ClassVar[type] = _PromptConductor
 
 
+class _TransitionFlowControl(FlowControlEvent):
+    """Clears the stream queues only when flow really resumes after a suspension.
+
+    Faust calls ``resume()`` again when recovery ends, even when recovery had already
+    resumed flow to read changelogs; records fetched after recovery's seek were then
+    wiped from the queues and, the consumer being past them, never fetched again: the
+    worker went on without them. A resume of flow that is already running clears
+    nothing.
+    """
+
+    def resume(self) -> None:
+        if self.is_active():
+            self._resume.set()
+            return
+        super().resume()
+
+
 class BatchingApp(faust.App):
     """A Faust app whose consumer delivers the topics ``is_batched_topic`` names as batches."""
 
@@ -207,6 +226,10 @@ class BatchingApp(faust.App):
 
     def is_batched_topic(self, topic: str) -> bool:
         return topic in self.batched_topics
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return _TransitionFlowControl(loop=self.loop)
 
     def _new_transport(self) -> Any:
         return _BatchingTransport(self.conf.broker_consumer, self)

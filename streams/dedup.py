@@ -95,7 +95,10 @@ class DuplicateWindow:
                 self._drop_ids(chunk)
             self._held.pop(partition, None)
             for key in [k for k in self._pending if k[1] == partition]:
-                del self._pending[key]
+                topic = key[0]
+                for event_id, offset in self._pending.pop(key):
+                    if self._index.get(event_id) == (topic, partition, offset):
+                        del self._index[event_id]
 
     def seen(self, event_id: str, topic: str, partition: int, offset: int) -> bool:
         """True if ``event_id`` was accepted before at other coordinates: a duplicate.

@@ -38,11 +38,12 @@ class IdentifierPolicy:
     blocked_values: frozenset[str]
     blocked_patterns: tuple[str, ...] = ()
     default_phone_region: str | None = None
-    _blocked_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _blocked_res: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        combined = "|".join(f"(?:{p})" for p in self.blocked_patterns)
-        object.__setattr__(self, "_blocked_re", re.compile(combined) if combined else None)
+        # compiled one by one: a pattern may carry its own inline flags, e.g. (?i)
+        compiled = tuple(re.compile(p) for p in self.blocked_patterns)
+        object.__setattr__(self, "_blocked_res", compiled)
 
     @classmethod
     def build(
@@ -60,7 +61,7 @@ class IdentifierPolicy:
     def is_blocked(self, trimmed: str) -> bool:
         if trimmed.lower() in self.blocked_values:
             return True
-        return self._blocked_re is not None and self._blocked_re.fullmatch(trimmed) is not None
+        return any(pattern.fullmatch(trimmed) for pattern in self._blocked_res)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ def normalise_identifiers(
             continue
         normalised: str | None
         if kind == "email":
-            normalised = value.lower() if _EMAIL_RE.match(value) else None
+            normalised = value.lower() if _EMAIL_RE.fullmatch(value) else None
         elif kind == "phone":
             normalised = normalise_phone(value, policy.default_phone_region)
         else:

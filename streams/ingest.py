@@ -89,14 +89,13 @@ def _ingest(record: SourceRecord, rules: IngestRules, now: datetime) -> Ingested
         raise _Rejected(
             Reason.TOO_LARGE, f"{len(raw)} bytes, at most {rules.max_event_bytes} allowed"
         )
-    if len(raw) > rules.max_string_chars:
-        # A decoded JSON string is never longer than its encoding, so only a document
-        # larger than the string limit can hold a string over it.
-        _check_string_lengths(raw, rules.max_string_chars)
+    _check_strict_json(raw, rules.max_string_chars)
     try:
         event = TouchpointEvent.model_validate_json(raw)
     except ValidationError as exc:
         raise _explain(exc, raw) from None
+    except (OverflowError, ValueError) as exc:  # numbers beyond float range, for one
+        raise _Rejected(Reason.INVALID_FIELD, f"unreadable value: {exc}") from None
 
     topic_channel = channel_of_topic(record.topic)
     if topic_channel == "all":
@@ -198,18 +197,30 @@ def _first_long_string(value: Any, limit: int, path: str) -> str | None:
     return None
 
 
-def _check_string_lengths(raw: bytes, limit: int) -> None:
+def _check_strict_json(raw: bytes, limit: int) -> None:
+    """Refuse what is not strict JSON (pydantic reads NaN and Infinity) or holds long strings.
+
+    A decoded JSON string is never longer than its encoding, so only a document larger
+    than the limit needs the walk over its strings.
+    """
     try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return  # validation reports what is wrong with it
+        document = orjson.loads(raw)  # strict JSON: NaN and Infinity are not JSON
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as utf:
+            raise _Rejected(Reason.NOT_UTF8, f"not UTF-8 at byte {utf.start}") from None
+        raise _Rejected(Reason.NOT_JSON, f"not JSON: {exc}") from None
+    if len(raw) <= limit:
+        return
     too_long = _first_long_string(document, limit, "")
     if too_long is not None:
         event_id = document.get("event_id") if isinstance(document, dict) else None
+        valid_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
         raise _Rejected(
             Reason.STRING_TOO_LONG,
             f"{too_long or '(key)'}: string longer than {limit} chars",
-            event_id if isinstance(event_id, str) else None,
+            valid_id,
         )
 
 

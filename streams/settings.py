@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     @field_validator("clickhouse_database", "app_id")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]*$", value):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", value):
             raise ValueError("use letters, digits, '_' and '-' only")
         return value
 
@@ -182,7 +182,7 @@ class Settings(BaseSettings):
                     f"{self.kafka_security_protocol} needs TOUCHPOINT_KAFKA_SASL_MECHANISM, "
                     "TOUCHPOINT_KAFKA_SASL_USERNAME and TOUCHPOINT_KAFKA_SASL_PASSWORD"
                 )
-            if self.kafka_sasl_password is None:
+            if not self.kafka_sasl_password or not self.kafka_sasl_password.get_secret_value():
                 raise ValueError("SASL needs TOUCHPOINT_KAFKA_SASL_PASSWORD (from a secret store)")
         return self
 

@@ -404,7 +404,7 @@ async def test_events_from_the_java_client_are_accepted(
 # A worker on an empty state directory must restore the window from the changelog; that
 # case stalled intermittently (recovery completes, then nothing is consumed) and is left
 # out until the stall is understood: see "Known issues" in the README.
-@pytest.mark.parametrize("new_machine", [False], ids=["same-state-dir"])
+@pytest.mark.parametrize("new_machine", [False, True], ids=["same-state-dir", "empty-state-dir"])
 async def test_the_duplicate_window_survives_a_restart(
     stack: Stack, ch: Any, new_machine: bool
 ) -> None:
