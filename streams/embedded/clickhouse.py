@@ -221,6 +221,9 @@ class _Engine:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out as separate writes; with Nagle's algorithm and the
+    # client's delayed ACK each answer waited about 40 ms
+    disable_nagle_algorithm = True
     server: ClickHouseHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:
