@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from importlib import resources
 
 __all__ = [
+    "ALIAS_COLUMNS",
+    "CUSTOMER_COLUMNS",
     "DEAD_LETTER_COLUMNS",
+    "ERASURE_COLUMNS",
     "EVENT_COLUMNS",
+    "MERGE_COLUMNS",
+    "REDIRECT_COLUMNS",
+    "REFUSAL_COLUMNS",
+    "TABLE_COLUMNS",
     "Migration",
     "migrations",
     "quote_identifier",
@@ -75,6 +82,79 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "raw",
     "headers",
 )
+
+#: Insert column order of ``customer_360_store``.
+CUSTOMER_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "identifiers",
+    "first_seen",
+    "last_seen",
+    "touchpoints",
+    "touchpoints_by_channel",
+    "channels",
+    "journey_stage",
+    "journey_stage_at",
+    "last_nps",
+    "last_nps_at",
+    "last_csat",
+    "last_csat_at",
+    "last_ces",
+    "last_ces_at",
+    "effort_index",
+    "open_cases",
+    "recent",
+    "merged_ids",
+    "updated_at",
+    "version",
+    "deleted",
+)
+ALIAS_COLUMNS: tuple[str, ...] = (
+    "identifier_kind",
+    "identifier_value",
+    "customer_id",
+    "updated_at",
+    "version",
+    "deleted",
+)
+MERGE_COLUMNS: tuple[str, ...] = (
+    "merged_from",
+    "merged_into",
+    "reason",
+    "event_id",
+    "event_at",
+    "at",
+    "redirected",
+    "version",
+)
+REDIRECT_COLUMNS: tuple[str, ...] = ("customer_id", "current_id", "version")
+REFUSAL_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "identifier_kind",
+    "customer_id",
+    "other_customer_id",
+    "reason",
+    "at",
+)
+ERASURE_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "identifier_kind",
+    "customer_ids",
+    "identifiers_removed",
+    "requested_at",
+    "completed_at",
+)
+
+#: Every table the sinks insert into, with its column order, in insert order.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events_store": EVENT_COLUMNS,
+    "dead_letters_store": DEAD_LETTER_COLUMNS,
+    "customer_360_store": CUSTOMER_COLUMNS,
+    "customer_aliases_store": ALIAS_COLUMNS,
+    "identity_merges_store": MERGE_COLUMNS,
+    "customer_redirects_store": REDIRECT_COLUMNS,
+    "identity_refusals_store": REFUSAL_COLUMNS,
+    "erasures_store": ERASURE_COLUMNS,
+}
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

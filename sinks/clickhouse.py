@@ -1,4 +1,4 @@
-"""The ClickHouse sink: accepted events and dead letters, batched and idempotent.
+"""The ClickHouse sink: rows for the ``*_store`` tables, batched and idempotent.
 
 Lifecycle: ``start()`` once the event loop runs, ``add()`` for every processed input
 batch, ``flush()`` to force out what waits, ``stop()`` on shutdown (flushes first).
@@ -20,17 +20,13 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
+from schemas.clickhouse import TABLE_COLUMNS
 
-from schemas.clickhouse import DEAD_LETTER_COLUMNS, EVENT_COLUMNS
-from schemas.dead_letter import DeadLetter
-from schemas.ingested import IngestedEvent
-
-__all__ = ["ClickHouseSink", "InsertClient", "SinkStats", "dead_letter_row", "event_row"]
+__all__ = ["ClickHouseSink", "InsertClient", "SinkStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +44,19 @@ class InsertClient(Protocol):
         settings: dict[str, Any],
     ) -> Any: ...
 
+    async def command(
+        self,
+        cmd: str,
+        parameters: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> Any: ...
+
 
 @dataclass
 class SinkStats:
     """Counters the metrics module reads; monotonic except ``pending_rows``."""
 
-    inserted_events: int = 0
-    inserted_dead_letters: int = 0
+    inserted: dict[str, int] = field(default_factory=dict)
     inserts: int = 0
     insert_errors: int = 0
     pending_rows: int = 0
@@ -63,86 +65,20 @@ class SinkStats:
 
 @dataclass
 class _Pending:
-    events: list[tuple[Any, ...]] = field(default_factory=list)
-    dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
+    tables: dict[str, list[Sequence[Any]]] = field(default_factory=dict)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     since: float = 0.0
-
-    @property
-    def rows(self) -> int:
-        return len(self.events) + len(self.dead_letters)
-
-
-def event_row(ingested: IngestedEvent) -> tuple[Any, ...]:
-    """One ``events_store`` row, in :data:`schemas.clickhouse.EVENT_COLUMNS` order."""
-    event = ingested.event
-    survey = event.survey
-    interaction = event.interaction
-    commerce = event.commerce
-    source = ingested.source
-    return (
-        event.event_id,
-        ingested.occurred_at,
-        ingested.client_occurred_at,
-        event.sent_at,
-        ingested.clock_skew_ms,
-        ingested.received_at,
-        ingested.channel,
-        event.type,
-        ingested.customer_id,
-        ingested.identifiers,
-        ingested.rejected_identifiers,
-        event.schema_version,
-        event.source,
-        event.session_id,
-        event.case_id,
-        survey.metric if survey else None,
-        survey.score if survey else None,
-        (survey.scale_max or {"nps": 10, "csat": 5, "ces": 7}[survey.metric]) if survey else None,
-        survey.comment if survey else None,
-        interaction.direction if interaction else None,
-        interaction.queue if interaction else None,
-        interaction.agent_id if interaction else None,
-        interaction.wait_seconds if interaction else None,
-        interaction.handle_seconds if interaction else None,
-        interaction.transferred if interaction else None,
-        interaction.escalated if interaction else None,
-        interaction.resolved if interaction else None,
-        commerce.order_id if commerce else None,
-        commerce.amount if commerce else None,
-        commerce.currency.upper() if commerce and commerce.currency else None,
-        event.context,
-        orjson.dumps(event.properties).decode(),
-        list(ingested.flags),
-        source.topic,
-        source.partition,
-        source.offset,
-    )
-
-
-def dead_letter_row(letter: DeadLetter) -> tuple[Any, ...]:
-    """One ``dead_letters_store`` row, in :data:`DEAD_LETTER_COLUMNS` order."""
-    return (
-        letter.source_topic,
-        letter.source_partition,
-        letter.source_offset,
-        letter.source_timestamp,
-        letter.received_at,
-        letter.reason.value,
-        letter.detail,
-        letter.event_id,
-        letter.key,
-        letter.raw,
-        [(name, value) for name, value in letter.headers],
-    )
+    rows: int = 0
 
 
 class ClickHouseSink:
-    """Batches rows in memory and inserts them into ``events_store`` / ``dead_letters_store``.
+    """Batches rows in memory and inserts them into the tables of
+    :data:`schemas.clickhouse.TABLE_COLUMNS` (rows in that column order).
 
     Rows are inserted when ``batch_rows`` wait or the oldest has waited ``linger_s``
-    seconds, whichever comes first. One insert per table at a time, in arrival order.
+    seconds, whichever comes first. One flush at a time, tables in the order of
+    ``TABLE_COLUMNS``, flushes in arrival order.
     """
 
     def __init__(
@@ -180,12 +116,12 @@ class ClickHouseSink:
 
     async def add(
         self,
-        events: Sequence[IngestedEvent],
-        dead_letters: Sequence[DeadLetter],
+        rows: Mapping[str, Sequence[Sequence[Any]]],
         on_stored: Callable[[], None],
         token: str,
     ) -> None:
-        """Queue rows; ``on_stored`` runs after every row of this call is in ClickHouse.
+        """Queue rows (table name -> rows); ``on_stored`` runs once every row of this call
+        is in ClickHouse.
 
         ``token`` names the input this call covers (for example ``topic:partition:first-last``)
         and feeds the insert deduplication token. Waits while too many rows are pending.
@@ -197,8 +133,12 @@ class ClickHouseSink:
         pending = self._pending
         if not pending.rows and not pending.callbacks:
             pending.since = time.monotonic()
-        pending.events.extend(map(event_row, events))
-        pending.dead_letters.extend(map(dead_letter_row, dead_letters))
+        for table, table_rows in rows.items():
+            if table not in TABLE_COLUMNS:
+                raise KeyError(f"no such table in the schema: {table}")
+            if table_rows:
+                pending.tables.setdefault(table, []).extend(table_rows)
+                pending.rows += len(table_rows)
         pending.callbacks.append(on_stored)
         pending.tokens.append(token)
         self._idle.clear()
@@ -222,6 +162,30 @@ class ClickHouseSink:
         self._wake.set()
         await self._task
         self._task = None
+
+    async def erase(self, customer_ids: Sequence[str]) -> None:
+        """Delete every stored row of these customers (erasure), after a flush.
+
+        Runs ClickHouse mutations synchronously (``mutations_sync = 2``).
+        """
+        await self.flush()
+        db = self._database
+        ids = {"ids": list(customer_ids)}
+        owned = "{ids:Array(String)}"
+        conditions = {
+            "events_store": f"customer_id IN {owned}",
+            "customer_360_store": f"customer_id IN {owned}",
+            "customer_aliases_store": f"customer_id IN {owned}",
+            "customer_redirects_store": f"customer_id IN {owned} OR current_id IN {owned}",
+            "identity_merges_store": f"merged_from IN {owned} OR merged_into IN {owned}",
+            "identity_refusals_store": (f"customer_id IN {owned} OR other_customer_id IN {owned}"),
+        }
+        statements = [
+            f"ALTER TABLE `{db}`.{table} DELETE WHERE {where}"
+            for table, where in conditions.items()
+        ]
+        for statement in statements:
+            await self._client.command(statement, parameters=ids, settings={"mutations_sync": 2})
 
     async def _run(self) -> None:
         while True:
@@ -263,15 +227,15 @@ class ClickHouseSink:
     async def _insert_until_stored(self, pending: _Pending) -> None:
         token = hashlib.sha256("\n".join(pending.tokens).encode()).hexdigest()
         attempt = 0
+        done: set[str] = set()
         while True:
             started = time.monotonic()
             try:
-                if pending.events:
-                    await self._insert("events_store", pending.events, EVENT_COLUMNS, token)
-                if pending.dead_letters:
-                    await self._insert(
-                        "dead_letters_store", pending.dead_letters, DEAD_LETTER_COLUMNS, token
-                    )
+                for table, columns in TABLE_COLUMNS.items():
+                    rows = pending.tables.get(table)
+                    if rows and table not in done:
+                        await self._insert(table, rows, columns, token)
+                        done.add(table)  # a retry does not send it again
             except Exception as exc:  # retried forever: losing rows is not an option
                 attempt += 1
                 self.stats.insert_errors += 1
@@ -286,13 +250,15 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 continue
             self.stats.inserts += 1
-            self.stats.inserted_events += len(pending.events)
-            self.stats.inserted_dead_letters += len(pending.dead_letters)
+            for table in done:
+                self.stats.inserted[table] = self.stats.inserted.get(table, 0) + len(
+                    pending.tables[table]
+                )
             self.stats.last_insert_seconds = time.monotonic() - started
             return
 
     async def _insert(
-        self, table: str, rows: list[tuple[Any, ...]], columns: Sequence[str], token: str
+        self, table: str, rows: list[Sequence[Any]], columns: Sequence[str], token: str
     ) -> None:
         await self._client.insert(
             table,

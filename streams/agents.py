@@ -1,26 +1,47 @@
 """The flow, on one screen.
 
-    touchpoints.<channel>  --(record batches)-->  ingest
+    touchpoints.<channel>  --(record batches)-->  ingest          (any number of workers)
         ingest: parse, validate, normalise identifiers, correct clock skew,
                 drop repeats of an event_id (duplicate window, changelogged table)
-          -> ClickHouse events_store       (accepted)
+          -> <app_id>-stitch (1 partition): accepted events as events_store rows
           -> touchpoints.dlq + ClickHouse dead_letters_store   (rejected, with reason)
 
-Offsets of a batch are acked only once its rows are stored in ClickHouse, and Faust
-flushes the producer (dead letters, changelog) before it commits: at-least-once,
-end to end, with idempotent sinks.
+    <app_id>-stitch  -->  stitch                              (one worker at a time)
+        stitch: identity (identifiers -> customer, guards, merges) and journey state in
+                the identity table (RocksDB, changelogged), one write per touched key
+          -> ClickHouse events_store (with customer_id), customer_360_store,
+             customer_aliases_store, identity_merges_store, customer_redirects_store,
+             identity_refusals_store
+          -> touchpoints.identity_merges
+        control records on the same topic: erasure requests, idle-customer compaction
+
+Offsets are acked only once what a batch produced is durable: ingest waits for its
+stitch records to be acknowledged by Kafka and its dead letters to be in ClickHouse;
+stitch waits for its rows to be in ClickHouse. Faust flushes the producer (dead
+letters, merges, changelogs) before it commits: at-least-once end to end, with
+idempotent sinks and replay-safe state (see ``streams/identity.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from schemas.customer import customer_from_json, customer_to_json
+from sinks.rows import dead_letter_row, event_row
 from streams.batching import RecordBatch
 from streams.dedup import Chunk
+from streams.identity import Stitcher, node_key
 from streams.ingest import triage
+from streams.journey import compact
+from streams.stitching import chunk_rows, stitch_rows
 
 if TYPE_CHECKING:
     from streams.app import Worker
@@ -29,17 +50,24 @@ __all__ = ["register_agents"]
 
 logger = logging.getLogger(__name__)
 
+#: Largest stitch record (bytes of JSON); below Kafka's default message.max.bytes of 1 MiB.
+STITCH_RECORD_BYTES = 512 * 1024
+#: Customers looked at per compaction tick.
+COMPACT_SLICE = 2000
+
 
 def register_agents(worker: Worker) -> None:
     """Attach the agents to ``worker.app``."""
     app = worker.app
     table = worker.dedup_table
+    identity = worker.identity_table
     window = worker.window
     metrics = worker.metrics
+    settings = worker.settings
 
     @app.agent(worker.input_topic, name="ingest", concurrency=1)
     async def ingest(stream: Any) -> None:
-        """Validate, normalise and de-duplicate touchpoints; store them; dead-letter the rest."""
+        """Validate, normalise and de-duplicate touchpoints; forward them to stitching."""
         sink = await worker.wait_for_sink()
         logger.info("ingest agent running")
         async for event in stream.noack().events():
@@ -57,6 +85,12 @@ def register_agents(worker: Worker) -> None:
                 del table[key]
             for letter in result.dead_letters:
                 await worker.dead_letters.publish(letter)
+            forwarded = []
+            encoded = [orjson.dumps(event_row(e)) for e in result.accepted]
+            for chunk in chunk_rows(encoded, STITCH_RECORD_BYTES):
+                forwarded.append(
+                    await app.producer.send(worker.stitch_topic_name, None, chunk, 0, None, None)
+                )
 
             metrics.count_batch(
                 batch.topic,
@@ -66,17 +100,165 @@ def register_agents(worker: Worker) -> None:
                 dead_lettered=Counter(d.reason.value for d in result.dead_letters),
                 flags=Counter(f for e in result.accepted for f in e.flags),
             )
+            stored = asyncio.Event()
             await sink.add(
-                result.accepted,
-                result.dead_letters,
-                on_stored=event.ack,
+                {"dead_letters_store": [dead_letter_row(d) for d in result.dead_letters]},
+                on_stored=stored.set,
                 token=f"{batch.topic}:{batch.partition}:{batch.first_offset}-{batch.last_offset}",
             )
+            worker.spawn(_ack_when_durable(worker, event, forwarded, stored))
+
+    @app.agent(worker.stitch_topic, name="stitch", concurrency=1)
+    async def stitch(stream: Any) -> None:
+        """Stitch identifiers into customers, keep their journeys, store the 360 view."""
+        sink = await worker.wait_for_sink()
+        logger.info("stitch agent running")
+        compaction: Iterator[Any] | None = None
+        async for event in stream.noack().events():
+            started = time.perf_counter()
+            seq = int(event.message.offset)
+            now_ms = int(time.time() * 1000)
+            document = orjson.loads(event.value)
+            stitcher = Stitcher(
+                worker.identity_rules,
+                worker.journey_rules,
+                lambda key: _read_node(identity, key),
+                lambda customer_id: _read_customer(identity, customer_id),
+                seq,
+            )
+            if isinstance(document, dict):  # a control record
+                if document.get("control") == "erase":
+                    await _erase(worker, stitcher, document, sink, now_ms)
+                elif document.get("control") == "compact":
+                    compaction = compaction or iter(identity.keys())
+                    try:
+                        compaction = _compact_slice(worker, stitcher, compaction, now_ms)
+                    except Exception:  # the store changed under the scan (rebalance)
+                        logger.exception("compaction scan interrupted; starting over")
+                        compaction = None
+                    _persist(identity, stitcher)
+                event.ack()
+                continue
+            out = stitch_rows(document, stitcher, seq, now_ms)
+            _persist(identity, stitcher)
+            for merge in out.merges:
+                await app.producer.send(
+                    settings.merges_topic,
+                    merge.merged_from.encode(),
+                    orjson.dumps(merge),
+                    None,
+                    None,
+                    None,
+                )
+                metrics.merges.labels(merge.reason).inc()
+            for reason, n in out.refusals.items():
+                metrics.refusals.labels(reason).inc(n)
+            metrics.stitched.inc(len(document))
+            metrics.stitch_replayed.inc(out.replayed)
+            metrics.stitch_lag.set(time.perf_counter() - started)
+            await sink.add(out.rows, on_stored=event.ack, token=f"stitch:{seq}")
+
+    @app.timer(interval=settings.journey_compact_interval_s)  # type: ignore[untyped-decorator]
+    async def request_compaction() -> None:
+        """Ask the stitch agent to look at the next slice of customers for idleness."""
+        await app.producer.send(
+            worker.stitch_topic_name, None, b'{"control":"compact"}', 0, None, None
+        )
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         """A partition that moves to another worker takes its duplicate window along."""
-        window.forget({tp.partition for tp in revoked})
+        window.forget({tp.partition for tp in revoked if tp.topic in worker.input_topic.topics})
+
+
+async def _ack_when_durable(
+    worker: Worker, event: Any, forwarded: list[Any], stored: asyncio.Event
+) -> None:
+    try:
+        await asyncio.gather(*forwarded)
+    except Exception as exc:  # the producer gave up: committing now would lose events
+        logger.critical("forwarding to %s failed, stopping: %s", worker.stitch_topic_name, exc)
+        await worker.app.crash(exc)
+        return
+    await stored.wait()
+    event.ack()
+
+
+def _read_node(identity: Any, key: str) -> str | None:
+    value = identity.get(f"n/{key}")
+    return None if value is None else bytes(value).decode()
+
+
+def _read_customer(identity: Any, customer_id: str) -> Any:
+    value = identity.get(f"c/{customer_id}")
+    return None if value is None else customer_from_json(value)
+
+
+def _persist(identity: Any, stitcher: Stitcher) -> None:
+    """Write the batch's changes: customers first, then identifier nodes (replay order)."""
+    changes = stitcher.changes()
+    for customer_id, customer in changes.customers.items():
+        if customer is None:
+            identity.pop(f"c/{customer_id}", None)
+        else:
+            identity[f"c/{customer_id}"] = customer_to_json(customer)
+    for key, owner in changes.nodes.items():
+        if owner is None:
+            identity.pop(f"n/{key}", None)
+        else:
+            identity[f"n/{key}"] = owner.encode()
+
+
+def _compact_slice(
+    worker: Worker, stitcher: Stitcher, keys: Iterator[Any], now_ms: int
+) -> Iterator[Any] | None:
+    idle_before = now_ms - int(worker.settings.journey_idle_s * 1000)
+    for _ in range(COMPACT_SLICE):
+        key = next(keys, None)
+        if key is None:
+            return None
+        if not isinstance(key, str) or not key.startswith("c/"):
+            return None  # keys are sorted: customers (c/) come before identifiers (n/)
+        customer = stitcher.customer(key[2:])
+        if customer is None or customer.journey.last_seen >= idle_before:
+            continue
+        if customer.journey.recent or customer.journey.closed_cases:
+            compact(customer.journey)
+            stitcher.mark_dirty(customer)
+            worker.metrics.compacted.inc()
+    return keys
+
+
+async def _erase(
+    worker: Worker, stitcher: Stitcher, request: dict[str, Any], sink: Any, now_ms: int
+) -> None:
+    kind, value = request["kind"], request["value"]
+    owner = stitcher.owner(kind, value)
+    customer = stitcher.customer(owner) if owner else None
+    ids = [owner, *customer.absorbed] if owner and customer else []
+    removed = stitcher.forget(owner) if owner else []
+    _persist(worker.identity_table, stitcher)
+    if ids:
+        await sink.erase(ids)
+    done = asyncio.Event()
+    await sink.add(
+        {
+            "erasures_store": [
+                (request["request_id"], kind, ids, len(removed), request["requested_at"], now_ms)
+            ]
+        },
+        on_stored=done.set,
+        token=f"erase:{request['request_id']}",
+    )
+    await done.wait()
+    worker.metrics.erasures.inc()
+    logger.info(
+        "erasure %s: %d customer ids, %d identifiers removed (%s)",
+        request["request_id"],
+        len(ids),
+        len(removed),
+        node_key(kind, "..."),
+    )
 
 
 def _chunks_of(table: Any, partition: int) -> list[Chunk]:

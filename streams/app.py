@@ -20,12 +20,21 @@ from sinks.dead_letters import DeadLetterPublisher
 from streams.batching import BatchingApp
 from streams.dedup import DuplicateWindow
 from streams.identifiers import IdentifierPolicy
+from streams.identity import IdentityRules
 from streams.ingest import IngestRules
+from streams.journey import JourneyRules
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
-from streams.topics import DEDUP_TABLE, discover_input_topics
+from streams.topics import DEDUP_TABLE, IDENTITY_TABLE, discover_input_topics, stitch_topic_name
 
-__all__ = ["Worker", "create_worker", "ingest_rules", "open_clickhouse"]
+__all__ = [
+    "Worker",
+    "create_worker",
+    "identity_rules",
+    "ingest_rules",
+    "journey_rules",
+    "open_clickhouse",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +43,12 @@ def ingest_rules(settings: Settings) -> IngestRules:
     """The validation and normalisation rules the settings describe."""
     return IngestRules(
         identifiers=IdentifierPolicy.build(
-            settings.blocked_values, settings.blocked_patterns, settings.default_phone_region
+            settings.blocked_values,
+            settings.blocked_patterns,
+            settings.default_phone_region,
+            settings.pseudonym_key.get_secret_value().encode()
+            if settings.pseudonymise_identifiers and settings.pseudonym_key
+            else None,
         ),
         max_event_bytes=settings.max_event_bytes,
         max_string_chars=settings.max_string_chars,
@@ -42,6 +56,27 @@ def ingest_rules(settings: Settings) -> IngestRules:
         max_future_s=settings.max_future_s,
         max_age_s=settings.max_age_s,
         time_policy=settings.time_policy,
+    )
+
+
+def identity_rules(settings: Settings) -> IdentityRules:
+    """The stitching guards the settings describe."""
+    return IdentityRules(
+        limits=dict(settings.identity_limits),
+        default_limit=settings.identity_default_limit,
+        unique_kinds=frozenset(settings.identity_unique_kinds),
+        priority=tuple(settings.identity_priority),
+    )
+
+
+def journey_rules(settings: Settings) -> JourneyRules:
+    """The journey map and bounds the settings describe."""
+    return JourneyRules(
+        stages=dict(settings.journey_stages),
+        case_closing_types=frozenset(settings.journey_case_closing_types),
+        max_recent=settings.journey_max_recent,
+        max_open_cases=settings.journey_max_open_cases,
+        max_closed_cases=settings.journey_max_closed_cases,
     )
 
 
@@ -80,12 +115,27 @@ class Worker:
     app: BatchingApp
     input_topic: Any
     dedup_table: Any
+    stitch_topic: Any
+    identity_table: Any
     rules: IngestRules
+    identity_rules: IdentityRules
+    journey_rules: JourneyRules
     window: DuplicateWindow
     metrics: WorkerMetrics
     dead_letters: DeadLetterPublisher
     sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
     sink: ClickHouseSink | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def stitch_topic_name(self) -> str:
+        return stitch_topic_name(self.settings)
+
+    def spawn(self, coroutine: Any) -> None:
+        """Run a coroutine beside the agents, holding a reference until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wait_for_sink(self) -> ClickHouseSink:
         await self.sink_ready.wait()
@@ -96,8 +146,8 @@ class Worker:
         if self.sink is not None:
             stats = self.sink.stats
             self.metrics.sink_pending.set(stats.pending_rows)
-            self.metrics.sink_inserted.labels("events").set(stats.inserted_events)
-            self.metrics.sink_inserted.labels("dead_letters").set(stats.inserted_dead_letters)
+            for table, rows in stats.inserted.items():
+                self.metrics.sink_inserted.labels(table).set(rows)
             self.metrics.sink_errors.set(stats.insert_errors)
         self.metrics.dedup_held.set(
             sum(self.window.held(p) for p in range(self.settings.topic_partitions))
@@ -142,12 +192,33 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         partitions=settings.topic_partitions,
         help="Event ids accepted recently, one entry per input batch (the duplicate window).",
     )
+    stitch_topic = app.topic(
+        stitch_topic_name(settings),
+        partitions=1,
+        key_type=None,
+        value_type=None,
+        key_serializer="raw",
+        value_serializer="raw",
+        acks=True,
+    )
+    identity_table = app.Table(
+        IDENTITY_TABLE,
+        default=None,
+        partitions=1,
+        value_type=bytes,
+        help="Identifiers (n/kind:value -> customer id) and customers (c/id -> JSON).",
+    )
+    app.topic(settings.merges_topic, key_serializer="raw", value_serializer="raw")
     worker = Worker(
         settings=settings,
         app=app,
         input_topic=input_topic,
         dedup_table=dedup_table,
+        stitch_topic=stitch_topic,
+        identity_table=identity_table,
         rules=ingest_rules(settings),
+        identity_rules=identity_rules(settings),
+        journey_rules=journey_rules(settings),
         window=DuplicateWindow(
             window_ms=int(settings.dedup_window_s * 1000),
             max_ids_per_partition=settings.dedup_max_ids_per_partition,

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -53,11 +54,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker as FaustWorker
 
     from streams.app import create_worker
-    from streams.topics import discover_input_topics, ensure_topics
+    from streams.topics import discover_input_topics, ensure_stitch_topic, ensure_topics
 
     async def prepare() -> tuple[str, ...]:
         await _migrate(settings)
-        await ensure_topics(settings, [settings.dlq_topic, settings.alerts_topic])
+        await ensure_topics(
+            settings, [settings.dlq_topic, settings.alerts_topic, settings.merges_topic]
+        )
+        await ensure_stitch_topic(settings)
         found = await discover_input_topics(settings)
         for name, count in found.refused.items():
             logger.error(
@@ -122,6 +126,83 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- erase -------------------------------------------------------------------------------
+
+
+async def _erase(settings: Settings, kind: str, value: str, wait_s: float) -> dict[str, object]:
+    import uuid
+    from time import monotonic
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from streams.app import ingest_rules, open_clickhouse
+    from streams.identifiers import normalise_identifiers
+    from streams.topics import stitch_topic_name
+
+    normalised = normalise_identifiers({kind: value}, ingest_rules(settings).identifiers)
+    if kind not in normalised.kept:
+        reason = normalised.rejected.get(kind, "not usable")
+        raise SystemExit(f"{kind}:{value!r} is not an identifier the worker stores ({reason})")
+    request_id = str(uuid.uuid4())
+    request = {
+        "control": "erase",
+        "request_id": request_id,
+        "kind": kind,
+        "value": normalised.kept[kind],
+        "requested_at": int(datetime.now(UTC).timestamp() * 1000),
+    }
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_client_options()
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            stitch_topic_name(settings), orjson.dumps(request), partition=0
+        )
+    finally:
+        await producer.stop()
+    client = await open_clickhouse(settings)
+    try:
+        # dead letters keep the original bytes; the value as typed is matched there directly
+        # (it is never put on Kafka)
+        await client.command(
+            f"ALTER TABLE `{settings.clickhouse_database}`.dead_letters_store "
+            "DELETE WHERE position(raw, {v:String}) > 0",
+            parameters={"v": value.strip()},
+            settings={"mutations_sync": 2},
+        )
+        deadline = monotonic() + wait_s
+        while monotonic() < deadline:
+            found = await client.query(
+                f"SELECT customer_ids, identifiers_removed FROM "
+                f"`{settings.clickhouse_database}`.erasures WHERE request_id = {{r:String}}",
+                parameters={"r": request_id},
+            )
+            if found.result_rows:
+                ids, removed = found.result_rows[0]
+                return {"request_id": request_id, "customer_ids": ids, "identifiers": removed}
+            await asyncio.sleep(0.5)
+    finally:
+        await client.close()
+    raise SystemExit(
+        f"erasure {request_id} was requested but no worker confirmed it within {wait_s:g} s; "
+        "it is carried out when a worker runs (see touchpoints.erasures)"
+    )
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Erase a customer: identifiers, journey state and stored rows."""
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    kind, sep, value = args.identifier.partition(":")
+    if not sep or not value:
+        raise SystemExit("give the identifier as KIND:VALUE, e.g. email:ada@example.com")
+    result = asyncio.run(_erase(settings, kind, value, args.wait))
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 # --- schema / config ---------------------------------------------------------------------
 
 
@@ -166,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     schema = add("schema", cmd_schema, "print the JSON Schema of a v1 touchpoint event")
     schema.add_argument("--output", "-o", help="write to this file instead of stdout")
     add("config", cmd_config, "print the effective settings, secrets masked")
+    erase = add(
+        "erase",
+        cmd_erase,
+        "erase the customer an identifier belongs to: its identifiers and journey from the "
+        "stream state (changelog tombstones) and its rows from ClickHouse; an erasure record "
+        "(no identifier values) is kept in touchpoints.erasures",
+    )
+    erase.add_argument("--identifier", required=True, help="KIND:VALUE, e.g. email:ada@x.org")
+    erase.add_argument(
+        "--wait", type=float, default=120.0, help="seconds to wait for a worker to confirm"
+    )
 
     from streams import commands as extra
 

@@ -270,6 +270,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "SELECT reason, count() FROM touchpoints.dead_letters GROUP BY reason ORDER BY 2 DESC"
         ).result_rows
         print(_demo_report(stats.total, totals, by_channel, reasons, clickhouse.url, worker.port))
+        print(_identity_report(client))
         if not args.keep_running:
             print(
                 "\n(everything stops now; `touchpoint demo --keep-running` keeps it up "
@@ -316,6 +317,40 @@ def _demo_report(
         f"  metrics: http://127.0.0.1:{web_port}/metrics",
     ]
     return "\n".join(lines)
+
+
+def _identity_report(client: Any) -> str:
+    def rows(sql: str) -> list[Any]:
+        return list(client.query(sql).result_rows)
+
+    customers = rows("SELECT count() FROM touchpoints.customer_360")[0][0]
+    resolved = rows(
+        "SELECT countIf(customer_id IN (SELECT customer_id FROM touchpoints.customer_360)), "
+        "count() FROM touchpoints.events"
+    )[0]
+    merges = rows(
+        "SELECT reason, count() FROM touchpoints.identity_merges GROUP BY reason ORDER BY 2 DESC"
+    )
+    refusals = rows(
+        "SELECT reason, count() FROM touchpoints.identity_refusals GROUP BY reason ORDER BY 2 DESC"
+    )
+    stages = rows(
+        "SELECT journey_stage, count() FROM touchpoints.customer_360 GROUP BY 1 ORDER BY 2 DESC"
+    )
+    return "\n".join(
+        [
+            "",
+            "identity (ClickHouse touchpoints.customer_360, identity_merges, identity_refusals)",
+            f"  customers      {customers:>8,}",
+            f"  events resolvable to a current customer: {resolved[0]:,} / {resolved[1]:,}",
+            "  merges by reason:",
+            *(f"    {reason:<28} {n:>6,}" for reason, n in merges),
+            "  links refused by a guard:",
+            *(f"    {reason:<28} {n:>6,}" for reason, n in refusals),
+            "  customers by journey stage:",
+            *(f"    {stage or '(none)':<28} {n:>6,}" for stage, n in stages),
+        ]
+    )
 
 
 # --- benchmark ---------------------------------------------------------------------------

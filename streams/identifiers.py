@@ -9,6 +9,8 @@ they can link strangers together.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +20,13 @@ import phonenumbers
 
 from schemas.event import is_identifier_kind
 
-__all__ = ["IdentifierPolicy", "NormalisedIdentifiers", "normalise_identifiers", "normalise_phone"]
+__all__ = [
+    "IdentifierPolicy",
+    "NormalisedIdentifiers",
+    "normalise_identifiers",
+    "normalise_phone",
+    "pseudonymise",
+]
 
 BLOCKED = "blocked"
 MALFORMED = "malformed"
@@ -32,12 +40,14 @@ class IdentifierPolicy:
     """Which values count as placeholders and how to read phone numbers.
 
     ``blocked_values`` are compared with the trimmed, lower-cased value;
-    ``blocked_patterns`` must match the whole trimmed value.
+    ``blocked_patterns`` must match the whole trimmed value. With a ``pseudonym_key``
+    every kept value is replaced by its keyed pseudonym (:func:`pseudonymise`).
     """
 
     blocked_values: frozenset[str]
     blocked_patterns: tuple[str, ...] = ()
     default_phone_region: str | None = None
+    pseudonym_key: bytes | None = field(default=None, repr=False)
     _blocked_res: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,11 +61,13 @@ class IdentifierPolicy:
         blocked_values: Iterable[str],
         blocked_patterns: Iterable[str] = (),
         default_phone_region: str | None = None,
+        pseudonym_key: bytes | None = None,
     ) -> IdentifierPolicy:
         return cls(
             frozenset(v.strip().lower() for v in blocked_values),
             tuple(blocked_patterns),
             default_phone_region,
+            pseudonym_key,
         )
 
     def is_blocked(self, trimmed: str) -> bool:
@@ -89,6 +101,14 @@ def normalise_phone(value: str, default_region: str | None) -> str | None:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
+def pseudonymise(kind: str, value: str, key: bytes) -> str:
+    """The keyed pseudonym of a normalised identifier: ``h:`` and 32 hex digits of
+    HMAC-SHA256(key, ``kind:value``). Equal inputs give equal pseudonyms, so stitching
+    works unchanged; without the key a pseudonym cannot be reversed or recomputed."""
+    digest = hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+    return f"h:{digest[:32]}"
+
+
 def normalise_identifiers(
     identifiers: Mapping[str, str], policy: IdentifierPolicy
 ) -> NormalisedIdentifiers:
@@ -120,6 +140,8 @@ def normalise_identifiers(
             rejected[kind] = MALFORMED
         elif policy.is_blocked(normalised):
             rejected[kind] = BLOCKED
+        elif policy.pseudonym_key is not None:
+            kept[kind] = pseudonymise(kind, normalised, policy.pseudonym_key)
         else:
             kept[kind] = normalised
     return NormalisedIdentifiers(kept, rejected)

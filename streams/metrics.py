@@ -74,6 +74,27 @@ class WorkerMetrics:
         self.dedup_held = Gauge(
             "touchpoint_dedup_ids", "Event ids in the duplicate window", registry=r
         )
+        self.stitched = Counter(
+            "touchpoint_events_stitched", "Events given a customer by the stitch agent", registry=r
+        )
+        self.stitch_replayed = Counter(
+            "touchpoint_events_stitch_replayed",
+            "Events of a replayed stitch batch already held by the journey (not counted again)",
+            registry=r,
+        )
+        self.merges = Counter(
+            "touchpoint_identity_merges", "Customers merged into another", ["reason"], registry=r
+        )
+        self.refusals = Counter(
+            "touchpoint_identity_refusals", "Links refused by a guard", ["reason"], registry=r
+        )
+        self.compacted = Counter(
+            "touchpoint_customers_compacted", "Idle customers compacted in hot state", registry=r
+        )
+        self.erasures = Counter("touchpoint_erasures", "Erasure requests carried out", registry=r)
+        self.stitch_lag = Gauge(
+            "touchpoint_stitch_batch_seconds", "Time to stitch the last stitch record", registry=r
+        )
         self._totals = Tally[str]()
 
     def count_batch(

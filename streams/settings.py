@@ -23,6 +23,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from streams.identity import DEFAULT_LIMITS, DEFAULT_PRIORITY, DEFAULT_UNIQUE_KINDS
+from streams.journey import DEFAULT_CASE_CLOSING_TYPES, DEFAULT_STAGES
+
 __all__ = ["DEFAULT_BLOCKED_PATTERNS", "DEFAULT_BLOCKED_VALUES", "Settings", "load_settings"]
 
 #: Placeholder values that mean "no identifier"; compared after trimming, case-insensitively.
@@ -76,10 +79,13 @@ class Settings(BaseSettings):
     kafka_ssl_check_hostname: bool = True
     topic_pattern: str = Field(
         r"^touchpoints\.[a-z0-9_]+$",
-        description="input topics; touchpoints.dlq and touchpoints.alerts are always excluded",
+        description="input topics; output topics (dlq, alerts, identity merges) never match",
     )
     dlq_topic: str = "touchpoints.dlq"
     alerts_topic: str = "touchpoints.alerts"
+    merges_topic: str = Field(
+        "touchpoints.identity_merges", description="identity merge decisions (output)"
+    )
     topic_partitions: int = Field(
         8,
         ge=1,
@@ -140,6 +146,45 @@ class Settings(BaseSettings):
         500_000, ge=1000, description="bound on remembered event_ids per input partition"
     )
 
+    # --- Identity stitching -------------------------------------------------------------
+    identity_limits: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_LIMITS),
+        description="most values of a kind one customer may hold (JSON object kind -> n)",
+    )
+    identity_default_limit: int = Field(10, ge=1, description="limit of kinds not listed")
+    identity_unique_kinds: frozenset[str] = Field(
+        DEFAULT_UNIQUE_KINDS, description="two customers with different values never merge"
+    )
+    identity_priority: tuple[str, ...] = Field(
+        DEFAULT_PRIORITY, description="order an event's identifiers are linked in"
+    )
+    pseudonymise_identifiers: bool = Field(
+        False,
+        description=(
+            "replace identifier values by HMAC-SHA256 (keyed by TOUCHPOINT_PSEUDONYM_KEY) "
+            "before they are stored or leave the worker"
+        ),
+    )
+    pseudonym_key: SecretStr | None = Field(None, description="secret key of the pseudonyms")
+
+    # --- Journey state ---------------------------------------------------------------
+    journey_stages: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_STAGES),
+        description="event type -> journey stage (JSON object)",
+    )
+    journey_case_closing_types: frozenset[str] = DEFAULT_CASE_CLOSING_TYPES
+    journey_max_recent: int = Field(20, ge=0, description="touchpoints kept per customer")
+    journey_max_open_cases: int = Field(20, ge=1)
+    journey_max_closed_cases: int = Field(50, ge=0)
+    journey_idle_s: float = Field(
+        90 * 86400.0,
+        gt=0,
+        description="customers idle this long (event time) are compacted in the hot state",
+    )
+    journey_compact_interval_s: float = Field(
+        60.0, gt=0, description="how often a slice of customers is checked for idleness"
+    )
+
     # --- ClickHouse sink batching ------------------------------------------------------
     sink_batch_rows: int = Field(20_000, ge=1, description="insert when this many rows wait")
     sink_linger_s: float = Field(0.5, ge=0, description="insert at the latest this long after")
@@ -174,6 +219,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
         return value
 
+    @field_validator("identity_limits")
+    @classmethod
+    def _limits_positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {kind: n for kind, n in value.items() if n < 1}
+        if bad:
+            raise ValueError(f"limits must be at least 1: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _pseudonym_key_present(self) -> Settings:
+        if self.pseudonymise_identifiers:
+            key = self.pseudonym_key.get_secret_value() if self.pseudonym_key else ""
+            if len(key) < 16:
+                raise ValueError(
+                    "TOUCHPOINT_PSEUDONYMISE_IDENTIFIERS needs TOUCHPOINT_PSEUDONYM_KEY "
+                    "(at least 16 characters, from a secret store)"
+                )
+        return self
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_"):
@@ -205,7 +269,8 @@ class Settings(BaseSettings):
     def input_pattern(self) -> re.Pattern[str]:
         """The input topic pattern, never matching the processor's own output topics."""
         return re.compile(
-            rf"(?!(?:{re.escape(self.dlq_topic)}|{re.escape(self.alerts_topic)})$)"
+            rf"(?!(?:{re.escape(self.dlq_topic)}|{re.escape(self.alerts_topic)}"
+            rf"|{re.escape(self.merges_topic)})$)"
             rf"(?:{self.topic_pattern})"
         )
 

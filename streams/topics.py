@@ -2,9 +2,12 @@
 
 Input: every topic matching ``Settings.topic_pattern`` (``touchpoints.<channel>``), found
 at start and re-discovered while running, so a new channel needs no code change.
-Output: ``touchpoints.dlq`` (dead letters) and ``touchpoints.alerts``; never consumed.
+Output: ``touchpoints.dlq`` (dead letters), ``touchpoints.identity_merges`` and
+``touchpoints.alerts``; never consumed as input.
 Internal: the changelog of the duplicate window, ``<app_id>-dedup-window-changelog``,
-co-partitioned with the input topics.
+co-partitioned with the input topics; ``<app_id>-stitch`` (one partition: accepted
+events on their way to identity stitching, and control records such as erasures) and
+the changelog of the identity table, ``<app_id>-identity-changelog``.
 """
 
 from __future__ import annotations
@@ -21,15 +24,48 @@ from streams.settings import Settings
 
 __all__ = [
     "DEDUP_TABLE",
+    "IDENTITY_TABLE",
     "InputTopics",
     "discover_input_topics",
+    "ensure_stitch_topic",
     "ensure_topics",
+    "stitch_topic_name",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Name of the table holding the duplicate window (its changelog is ``<app_id>-<name>-changelog``).
 DEDUP_TABLE = "dedup-window"
+#: Name of the table holding identifiers and customers (one partition).
+IDENTITY_TABLE = "identity"
+
+
+def stitch_topic_name(settings: Settings) -> str:
+    """The internal topic between the ingest and stitch agents (one partition)."""
+    return f"{settings.app_id}-stitch"
+
+
+async def ensure_stitch_topic(settings: Settings) -> None:
+    """Create the stitch topic with one partition, or check that it has exactly one.
+
+    The identity graph is one state: every event must reach the same stitcher in order.
+    A topic created with more partitions (for example by a broker that auto-creates
+    topics on first write) is refused with instructions rather than silently split.
+    """
+    name = stitch_topic_name(settings)
+    await ensure_topics(settings, [name], partitions=1)
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([name])
+        count = len(description["partitions"])
+    finally:
+        await admin.close()
+    if count != 1:
+        raise RuntimeError(
+            f"topic {name} has {count} partitions; it must have exactly 1. Stop the workers, "
+            f"delete it and its consumer offsets, and start again (it is recreated)."
+        )
 
 
 @dataclass(frozen=True)
@@ -73,17 +109,19 @@ async def discover_input_topics(settings: Settings) -> InputTopics:
         await admin.close()
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str]) -> list[str]:
-    """Create the topics that do not exist yet, with the configured partitions; return those."""
+async def ensure_topics(
+    settings: Settings, names: Iterable[str], partitions: int | None = None
+) -> list[str]:
+    """Create the topics that do not exist yet (with ``partitions``, by default the
+    configured ``topic_partitions``); return those created."""
+    count = partitions or settings.topic_partitions
     admin = _admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            new = [
-                NewTopic(n, settings.topic_partitions, settings.topic_replication) for n in missing
-            ]
+            new = [NewTopic(n, count, settings.topic_replication) for n in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was quicker
                 await admin.create_topics(new)
             logger.info("created topics %s", ", ".join(missing))

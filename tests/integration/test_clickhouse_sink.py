@@ -15,11 +15,12 @@ import clickhouse_connect
 import orjson
 import pytest
 
-from schemas.clickhouse import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, migrations
+from schemas.clickhouse import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TABLE_COLUMNS, migrations
 from schemas.dead_letter import DeadLetter, Reason
 from schemas.event import TouchpointEvent, event_json_schema
 from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.clickhouse import ClickHouseSink
+from sinks.rows import dead_letter_row, event_row
 from sinks.migrations import migrate
 from streams.app import ingest_rules
 from streams.ingest import ingest
@@ -69,6 +70,17 @@ CONTRACT_DEAD_LETTER_COLUMNS = {
     "raw",
 }
 
+#: The other analysts' views of CONTRACT section 3 and the columns they promise.
+CONTRACT_VIEWS: dict[str, set[str]] = {
+    "customer_360": {
+        "customer_id", "identifiers", "first_seen", "last_seen", "touchpoints", "channels",
+        "journey_stage", "last_nps", "last_csat", "last_ces", "effort_index", "open_cases",
+        "updated_at",
+    },
+    "customer_aliases": {"identifier_kind", "identifier_value", "customer_id", "updated_at"},
+    "identity_merges": {"merged_from", "merged_into", "reason", "at"},
+}  # fmt: skip
+
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
@@ -99,6 +111,13 @@ def _event(event_id: str, offset: int, **extra: Any) -> IngestedEvent:
     outcome = ingest(record, ingest_rules(Settings()), NOW)
     assert isinstance(outcome, IngestedEvent), outcome
     return outcome
+
+
+def _rows(events: list[IngestedEvent], dead_letters: list[DeadLetter]) -> dict[str, list[Any]]:
+    return {
+        "events_store": [event_row(e) for e in events],
+        "dead_letters_store": [dead_letter_row(d) for d in dead_letters],
+    }
 
 
 def _dead_letter(offset: int) -> DeadLetter:
@@ -133,6 +152,22 @@ async def test_every_event_field_has_a_column_and_the_insert_order_matches_the_d
     assert {row[0] for row in dl_view.result_rows} >= CONTRACT_DEAD_LETTER_COLUMNS
 
 
+@pytest.mark.parametrize("table", sorted(TABLE_COLUMNS))
+async def test_insert_column_order_matches_the_ddl(
+    client: Any, clickhouse_database: str, table: str
+) -> None:
+    described = await client.query(f"DESCRIBE TABLE {clickhouse_database}.{table}")
+    assert tuple(row[0] for row in described.result_rows) == TABLE_COLUMNS[table]
+
+
+@pytest.mark.parametrize("view", sorted(CONTRACT_VIEWS))
+async def test_contract_views_have_the_promised_columns(
+    client: Any, clickhouse_database: str, view: str
+) -> None:
+    described = await client.query(f"DESCRIBE TABLE {clickhouse_database}.{view}")
+    assert {row[0] for row in described.result_rows} >= CONTRACT_VIEWS[view]
+
+
 async def test_migrate_twice_applies_each_version_once(
     client: Any, clickhouse_database: str
 ) -> None:
@@ -148,7 +183,7 @@ async def test_stored_event_reads_back_with_types_and_normalised_values(
     sink = ClickHouseSink(client, clickhouse_database, linger_s=0.05)
     await sink.start()
     stored = asyncio.Event()
-    await sink.add([_event("e-1", 10)], [_dead_letter(7)], stored.set, token="t:0:7-10")
+    await sink.add(_rows([_event("e-1", 10)], [_dead_letter(7)]), stored.set, token="t:0:7-10")
     await asyncio.wait_for(stored.wait(), 30)
     await sink.stop()
 
@@ -198,7 +233,7 @@ async def test_retried_insert_with_the_same_token_stores_rows_once(
     for _attempt in range(2):  # the same batch again, as after a failed acknowledgement
         sink = ClickHouseSink(client, clickhouse_database, linger_s=0.01)
         await sink.start()
-        await sink.add(events, [], lambda: None, token="touchpoints.web:3:0-49")
+        await sink.add(_rows(events, []), lambda: None, token="touchpoints.web:3:0-49")
         await sink.stop()
     raw_rows = await _count(client, clickhouse_database, "events_store")
     assert raw_rows == 50
@@ -209,10 +244,10 @@ async def test_replayed_events_under_another_token_are_not_seen_twice_by_analyst
 ) -> None:
     sink = ClickHouseSink(client, clickhouse_database, linger_s=0.01)
     await sink.start()
-    await sink.add([_event(f"e-{i}", i) for i in range(20)], [], lambda: None, token="a")
+    await sink.add(_rows([_event(f"e-{i}", i) for i in range(20)], []), lambda: None, token="a")
     await sink.flush()
     # a replay after a crash starts at the last commit, so batch boundaries differ
-    await sink.add([_event(f"e-{i}", i) for i in range(10, 30)], [], lambda: None, token="b")
+    await sink.add(_rows([_event(f"e-{i}", i) for i in range(10, 30)], []), lambda: None, token="b")
     await sink.stop()
 
     assert await _count(client, clickhouse_database, "events") == 30
@@ -229,7 +264,7 @@ async def test_callback_runs_only_after_rows_are_queryable(
     def on_stored() -> None:
         counts.append(-1)
 
-    await sink.add([_event("e-x", 1)], [], on_stored, token="x")
+    await sink.add(_rows([_event("e-x", 1)], []), on_stored, token="x")
     assert counts == []  # lingering: not stored yet
     await sink.flush()
     assert counts == [-1]
@@ -248,6 +283,6 @@ async def test_a_batch_larger_than_one_native_block_is_stored_whole(
     ]  # fmt: skip
     sink = ClickHouseSink(client, clickhouse_database, batch_rows=50_000, linger_s=0.05)
     await sink.start()
-    await sink.add(events, [], lambda: None, token="big")
+    await sink.add(_rows(events, []), lambda: None, token="big")
     await sink.stop()
     assert await _count(client, clickhouse_database, "events") == 30_000

@@ -1,0 +1,157 @@
+"""The stitched customer as the stream keeps it: identity and journey, one table value.
+
+A :class:`Customer` is stored as one JSON value per customer in the identity table
+(``c/<customer_id>``); every identifier it owns has its own entry (``n/<kind>:<value>``)
+pointing at it. Times are epoch milliseconds (UTC) so a value round-trips exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "Answer",
+    "Customer",
+    "Journey",
+    "Merge",
+    "OpenCase",
+    "Refusal",
+    "Touch",
+    "customer_from_json",
+    "customer_to_json",
+]
+
+
+@dataclass(slots=True)
+class Touch:
+    """One touchpoint as the journey remembers it (the last N are kept)."""
+
+    event_id: str
+    at: int
+    channel: str
+    type: str
+    case_id: str | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    """A survey answer: score on its scale, when (event time) and which event."""
+
+    score: float
+    scale_max: int
+    at: int
+    event_id: str
+
+
+@dataclass(slots=True)
+class OpenCase:
+    """A support case that has contacts and no resolution yet."""
+
+    opened_at: int
+    last_at: int
+    contacts: int
+    channels: list[str]
+
+
+@dataclass(slots=True)
+class Journey:
+    """What the customer did: counts, stage, open cases, latest answers, recent touches.
+
+    ``stage`` is the stage of the latest event (by event time) whose type maps to one;
+    ``stage_at`` is that event's time, so late events never move the stage backwards.
+    """
+
+    first_seen: int = 0
+    last_seen: int = 0
+    touchpoints: dict[str, int] = field(default_factory=dict)
+    stage: str = ""
+    stage_at: int = 0
+    open_cases: dict[str, OpenCase] = field(default_factory=dict)
+    closed_cases: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, Answer] = field(default_factory=dict)
+    recent: list[Touch] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Customer:
+    """A stitched customer.
+
+    ``identifiers`` maps kind to the values it owns, in the order they joined.
+    ``absorbed`` lists every customer id that was merged into this one (directly or
+    through an earlier merge), so a later merge can redirect all of them. ``seq`` is the
+    position of the last stitch batch applied to this customer: a replayed batch at or
+    below it is already contained and is not counted again.
+    """
+
+    customer_id: str
+    identifiers: dict[str, list[str]] = field(default_factory=dict)
+    absorbed: list[str] = field(default_factory=list)
+    seq: int = -1
+    journey: Journey = field(default_factory=Journey)
+
+    def count(self, kind: str) -> int:
+        return len(self.identifiers.get(kind, ()))
+
+    def has(self, kind: str, value: str) -> bool:
+        return value in self.identifiers.get(kind, ())
+
+    def nodes(self) -> list[tuple[str, str]]:
+        """Every (kind, value) this customer owns."""
+        return [(kind, value) for kind, values in self.identifiers.items() for value in values]
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """``merged_from`` was absorbed into ``merged_into``; ``redirected`` are all ids that
+    now point to ``merged_into`` (``merged_from`` and everything it had absorbed)."""
+
+    merged_from: str
+    merged_into: str
+    reason: str
+    event_id: str
+    at: int
+    redirected: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A link a guard refused: ``kind`` of the event's identifier, and why."""
+
+    event_id: str
+    kind: str
+    value: str
+    customer_id: str
+    other_customer_id: str
+    reason: str  # "limit:<kind>" or "unique:<kind>"
+
+
+def customer_to_json(customer: Customer) -> bytes:
+    """Serialise for the table (orjson writes dataclasses natively)."""
+    return orjson.dumps(customer)
+
+
+def customer_from_json(data: bytes | str) -> Customer:
+    """Read back what :func:`customer_to_json` wrote."""
+    raw: dict[str, Any] = orjson.loads(data)
+    j = raw["journey"]
+    journey = Journey(
+        first_seen=j["first_seen"],
+        last_seen=j["last_seen"],
+        touchpoints=j["touchpoints"],
+        stage=j["stage"],
+        stage_at=j["stage_at"],
+        open_cases={k: OpenCase(**v) for k, v in j["open_cases"].items()},
+        closed_cases=j["closed_cases"],
+        answers={k: Answer(**v) for k, v in j["answers"].items()},
+        recent=[Touch(**t) for t in j["recent"]],
+    )
+    return Customer(
+        customer_id=raw["customer_id"],
+        identifiers=raw["identifiers"],
+        absorbed=raw["absorbed"],
+        seq=raw["seq"],
+        journey=journey,
+    )
