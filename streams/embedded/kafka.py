@@ -251,7 +251,15 @@ class ApacheKafka(_Broker):
         ]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+            # --cluster-id=...: a random id may start with "-", which would read as an option
+            [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",
+                "-c",
+                str(properties),
+            ],
             capture_output=True,
             text=True,
             check=False,
