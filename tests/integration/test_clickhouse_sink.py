@@ -20,8 +20,8 @@ from schemas.dead_letter import DeadLetter, Reason
 from schemas.event import TouchpointEvent, event_json_schema
 from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.clickhouse import ClickHouseSink
-from sinks.rows import dead_letter_row, event_row
 from sinks.migrations import migrate
+from sinks.rows import dead_letter_row, event_row
 from streams.app import ingest_rules
 from streams.ingest import ingest
 from streams.settings import Settings
