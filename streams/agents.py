@@ -70,6 +70,7 @@ def register_agents(worker: Worker) -> None:
         """Validate, normalise and de-duplicate touchpoints; forward them to stitching."""
         sink = await worker.wait_for_sink()
         logger.info("ingest agent running")
+        acks_in_flight: dict[tuple[Any, int], asyncio.Task[None]] = {}
         async for event in stream.noack().events():
             batch: RecordBatch = event.value
             now = datetime.now(UTC)
@@ -91,6 +92,7 @@ def register_agents(worker: Worker) -> None:
                 forwarded.append(
                     await app.producer.send(worker.stitch_topic_name, None, chunk, 0, None, None)
                 )
+            metrics.forwarded.inc(len(encoded))
 
             metrics.count_batch(
                 batch.topic,
@@ -106,7 +108,12 @@ def register_agents(worker: Worker) -> None:
                 on_stored=stored.set,
                 token=f"{batch.topic}:{batch.partition}:{batch.first_offset}-{batch.last_offset}",
             )
-            worker.spawn(_ack_when_durable(worker, event, forwarded, stored))
+            # acks of one partition stay in order: Faust's commit assumes they arrive so
+            partition_key = (batch.topic, batch.partition)
+            previous = acks_in_flight.get(partition_key)
+            acks_in_flight[partition_key] = worker.spawn(
+                _ack_when_durable(worker, event, forwarded, stored, previous)
+            )
 
     @app.agent(worker.stitch_topic, name="stitch", concurrency=1)
     async def stitch(stream: Any) -> None:
@@ -115,18 +122,19 @@ def register_agents(worker: Worker) -> None:
         logger.info("stitch agent running")
         compaction: Iterator[Any] | None = None
         async for event in stream.noack().events():
+            batch: RecordBatch = event.value
             started = time.perf_counter()
-            seq = int(event.message.offset)
-            now_ms = int(time.time() * 1000)
-            document = orjson.loads(event.value)
-            stitcher = Stitcher(
-                worker.identity_rules,
-                worker.journey_rules,
-                lambda key: _read_node(identity, key),
-                lambda customer_id: _read_customer(identity, customer_id),
-                seq,
-            )
-            if isinstance(document, dict):  # a control record
+            segment: list[tuple[int, list[Any]]] = []
+            for record in batch.records:
+                document = orjson.loads(record.value)
+                if isinstance(document, list):
+                    segment.append((int(record.offset), document))
+                    continue
+                # a control record acts between the events before and after it
+                await _stitch_segment(worker, sink, segment, batch, _no_op)
+                segment = []
+                stitcher = _stitcher(worker)
+                now_ms = int(time.time() * 1000)
                 if document.get("control") == "erase":
                     await _erase(worker, stitcher, document, sink, now_ms)
                 elif document.get("control") == "compact":
@@ -136,27 +144,9 @@ def register_agents(worker: Worker) -> None:
                     except Exception:  # the store changed under the scan (rebalance)
                         logger.exception("compaction scan interrupted; starting over")
                         compaction = None
-                    _persist(identity, stitcher)
-                event.ack()
-                continue
-            out = stitch_rows(document, stitcher, seq, now_ms)
-            _persist(identity, stitcher)
-            for merge in out.merges:
-                await app.producer.send(
-                    settings.merges_topic,
-                    merge.merged_from.encode(),
-                    orjson.dumps(merge),
-                    None,
-                    None,
-                    None,
-                )
-                metrics.merges.labels(merge.reason).inc()
-            for reason, n in out.refusals.items():
-                metrics.refusals.labels(reason).inc(n)
-            metrics.stitched.inc(len(document))
-            metrics.stitch_replayed.inc(out.replayed)
+                _persist(identity, stitcher)
+            await _stitch_segment(worker, sink, segment, batch, event.ack)
             metrics.stitch_lag.set(time.perf_counter() - started)
-            await sink.add(out.rows, on_stored=event.ack, token=f"stitch:{seq}")
 
     @app.timer(interval=settings.journey_compact_interval_s)  # type: ignore[untyped-decorator]
     async def request_compaction() -> None:
@@ -169,11 +159,75 @@ def register_agents(worker: Worker) -> None:
     async def forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         """A partition that moves to another worker takes its duplicate window along."""
         window.forget({tp.partition for tp in revoked if tp.topic in worker.input_topic.topics})
+        if any(tp.topic == worker.stitch_topic_name for tp in revoked):
+            worker.stitch_window.forget([0])
+
+
+def _no_op() -> None:
+    return None
+
+
+def _stitcher(worker: Worker) -> Stitcher:
+    identity = worker.identity_table
+    return Stitcher(
+        worker.identity_rules,
+        worker.journey_rules,
+        lambda key: _read_node(identity, key),
+        lambda customer_id: _read_customer(identity, customer_id),
+    )
+
+
+async def _stitch_segment(
+    worker: Worker,
+    sink: Any,
+    records: list[tuple[int, list[Any]]],
+    batch: RecordBatch,
+    on_stored: Any,
+) -> None:
+    """Stitch consecutive event records, persist the state, publish merges, store rows."""
+    metrics = worker.metrics
+    stitcher = _stitcher(worker)
+    identity = worker.identity_table
+    window = worker.stitch_window
+    if not window.is_loaded(0):
+        window.load(0, _stitch_chunks(identity))
+    last = records[-1][0] if records else batch.last_offset
+    now_ms = int(time.time() * 1000)
+    out = stitch_rows(records, stitcher, window, batch.topic, last, now_ms)
+    _persist(identity, stitcher)
+    sealed = window.seal(batch.topic, 0, now_ms)  # after the state it vouches for
+    if sealed.write is not None:
+        identity[f"d/{sealed.write.key}"] = orjson.dumps(sealed.write.to_value())
+    for key in sealed.delete:
+        identity.pop(f"d/{key}", None)
+    for merge in out.merges:
+        await worker.app.producer.send(
+            worker.settings.merges_topic,
+            merge.merged_from.encode(),
+            orjson.dumps(merge),
+            None,
+            None,
+            None,
+        )
+        metrics.merges.labels(merge.reason).inc()
+    for reason, n in out.refusals.items():
+        metrics.refusals.labels(reason).inc(n)
+    metrics.stitched.inc(sum(len(rows) for _, rows in records))
+    metrics.stitch_replayed.inc(out.replayed)
+    metrics.stitch_duplicates.inc(out.duplicates)
+    first = records[0][0] if records else batch.last_offset
+    await sink.add(out.rows, on_stored=on_stored, token=f"stitch:{first}-{last}")
 
 
 async def _ack_when_durable(
-    worker: Worker, event: Any, forwarded: list[Any], stored: asyncio.Event
+    worker: Worker,
+    event: Any,
+    forwarded: list[Any],
+    stored: asyncio.Event,
+    previous: asyncio.Task[None] | None,
 ) -> None:
+    if previous is not None:
+        await asyncio.wait([previous])
     try:
         await asyncio.gather(*forwarded)
     except Exception as exc:  # the producer gave up: committing now would lose events
@@ -237,7 +291,7 @@ async def _erase(
     customer = stitcher.customer(owner) if owner else None
     ids = [owner, *customer.absorbed] if owner and customer else []
     removed = stitcher.forget(owner) if owner else []
-    _persist(worker.identity_table, stitcher)
+    _persist(worker.identity_table, stitcher)  # tombstones before the rows are deleted
     if ids:
         await sink.erase(ids)
     done = asyncio.Event()
@@ -259,6 +313,14 @@ async def _erase(
         len(removed),
         node_key(kind, "..."),
     )
+
+
+def _stitch_chunks(identity: Any) -> list[Chunk]:
+    return [
+        Chunk.from_value(key[2:], orjson.loads(value))
+        for key, value in identity.items()
+        if isinstance(key, str) and key.startswith("d/") and value
+    ]
 
 
 def _chunks_of(table: Any, partition: int) -> list[Chunk]:

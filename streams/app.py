@@ -7,8 +7,12 @@ Nothing else in the project builds these; tests and the command line call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -29,6 +33,7 @@ from streams.topics import DEDUP_TABLE, IDENTITY_TABLE, discover_input_topics, s
 
 __all__ = [
     "Worker",
+    "clean_run",
     "create_worker",
     "identity_rules",
     "ingest_rules",
@@ -57,6 +62,34 @@ def ingest_rules(settings: Settings) -> IngestRules:
         max_age_s=settings.max_age_s,
         time_policy=settings.time_policy,
     )
+
+
+@contextlib.contextmanager
+def clean_run(worker: Worker) -> Iterator[None]:
+    """Mark the local state as in use while the worker runs; rebuild it after a crash.
+
+    RocksDB takes a table write at once while its changelog record is sent a moment
+    later, so a worker killed in between keeps local writes its changelog never saw.
+    After such an unclean stop the identity table's local files are removed and Faust
+    restores them from the changelog, which is the truth every other worker shares.
+    """
+    settings = worker.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    marker = settings.data_dir / f"{settings.app_id}.running"
+    if marker.exists():
+        stale = sorted(Path(worker.app.conf.tabledir).glob(f"{IDENTITY_TABLE}-*"))
+        logger.warning(
+            "the previous run did not stop cleanly: rebuilding the identity state from its "
+            "changelog (removing %d local files)",
+            len(stale),
+        )
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def identity_rules(settings: Settings) -> IdentityRules:
@@ -121,6 +154,7 @@ class Worker:
     identity_rules: IdentityRules
     journey_rules: JourneyRules
     window: DuplicateWindow
+    stitch_window: DuplicateWindow
     metrics: WorkerMetrics
     dead_letters: DeadLetterPublisher
     sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -131,11 +165,12 @@ class Worker:
     def stitch_topic_name(self) -> str:
         return stitch_topic_name(self.settings)
 
-    def spawn(self, coroutine: Any) -> None:
+    def spawn(self, coroutine: Any) -> asyncio.Task[None]:
         """Run a coroutine beside the agents, holding a reference until it ends."""
-        task = asyncio.ensure_future(coroutine)
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def wait_for_sink(self) -> ClickHouseSink:
         await self.sink_ready.wait()
@@ -167,6 +202,8 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         topic_allow_declare=True,
         broker_max_poll_records=settings.max_poll_records,
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
         consumer_auto_offset_reset=settings.auto_offset_reset,
         # a queued item is a whole record batch; a few suffice to keep the agent busy
         stream_buffer_maxsize=8,
@@ -177,7 +214,7 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         web_port=settings.web_port,
         loghandlers=[],
     )
-    app.batched_topics = frozenset(input_topics)
+    app.batched_topics = frozenset((*input_topics, stitch_topic_name(settings)))
     input_topic = app.topic(
         *(input_topics or ("touchpoints.all",)),
         key_type=None,
@@ -222,6 +259,10 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         window=DuplicateWindow(
             window_ms=int(settings.dedup_window_s * 1000),
             max_ids_per_partition=settings.dedup_max_ids_per_partition,
+        ),
+        stitch_window=DuplicateWindow(
+            window_ms=int(settings.dedup_window_s * 1000),
+            max_ids_per_partition=settings.stitch_dedup_max_ids,
         ),
         metrics=WorkerMetrics(),
         dead_letters=DeadLetterPublisher(app.producer, settings.dlq_topic),
@@ -288,7 +329,7 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         new = set(found.usable) - set(input_topic.topics)
         if new:
             logger.info("new input topics: %s", ", ".join(sorted(new)))
-            app.batched_topics = frozenset(found.usable)
+            app.batched_topics = frozenset((*found.usable, stitch_topic_name(settings)))
             subscribed = set(input_topic.topics)
             # the agent iterates a clone of the topic; every copy the conductor holds changes
             for channel in [input_topic, *app.topics]:

@@ -53,7 +53,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     from faust import Worker as FaustWorker
 
-    from streams.app import create_worker
+    from streams.app import clean_run, create_worker
     from streams.topics import discover_input_topics, ensure_stitch_topic, ensure_topics
 
     async def prepare() -> tuple[str, ...]:
@@ -90,7 +90,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         quiet=True,
         redirect_stdouts=False,
     )
-    faust_worker.execute_from_commandline()
+    with clean_run(worker):
+        faust_worker.execute_from_commandline()
     return 0
 
 

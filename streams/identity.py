@@ -22,11 +22,12 @@ the customer that holds a unique-kind identifier; the one first seen earlier (ev
 time); the smaller id. The absorbed customer's journey is combined into the
 survivor's, its identifiers point to the survivor, and the merge is reported.
 
-**Idempotent replays.** A stitch batch has a sequence number (its offset). A customer
-stores the last sequence applied to it; a batch replayed after a crash finds the
-customers it already updated at that sequence and leaves their journeys alone, while
-identity operations (adding an identifier a customer owns, merging a customer it
-already absorbed) are no-ops by construction.
+**Idempotent replays.** Every event has a sequence number (the offset of the stitch
+record that carried it; sequence numbers only grow). A customer stores the highest
+sequence applied to it; an event replayed after a crash whose customer, as stored,
+already holds that sequence is not applied to the journey again, while identity
+operations (adding an identifier a customer owns, merging a customer it already
+absorbed) are no-ops by construction.
 
 This module is pure: it reads state through two functions and keeps its writes in an
 overlay that the caller persists once per batch (:meth:`Stitcher.changes`).
@@ -140,7 +141,7 @@ class Stitcher:
         journey_rules: JourneyRules,
         read_node: Callable[[str], str | None],
         read_customer: Callable[[str], Customer | None],
-        seq: int,
+        seq: int = 0,
     ) -> None:
         self._rules = rules
         self._journey_rules = journey_rules
@@ -151,8 +152,8 @@ class Stitcher:
         self._customers: dict[str, Customer | None] = {}
         self._dirty_nodes: set[str] = set()
         self._dirty_customers: set[str] = set()
-        #: customers that already held this batch when it started (a replay)
-        self._replayed: set[str] = set()
+        #: the sequence each customer held as stored (what a replay may already contain)
+        self._stored_seq: dict[str, int] = {}
 
     # -- reads through the overlay -------------------------------------------------
 
@@ -167,19 +168,33 @@ class Stitcher:
         if customer_id in self._customers:
             return self._customers[customer_id]
         found = self._customers[customer_id] = self._read_customer(customer_id)
-        if found is not None and found.seq >= self._seq:
-            self._replayed.add(customer_id)
+        self._stored_seq[customer_id] = -1 if found is None else found.seq
         return found
 
     # -- the batch ---------------------------------------------------------------------
 
-    def stitch(self, identifiers: Mapping[str, str], touch: TouchFacts) -> Stitched:
-        """Link the event's identifiers, update the journey, return the event's customer."""
+    def stitch(
+        self,
+        identifiers: Mapping[str, str],
+        touch: TouchFacts,
+        seq: int | None = None,
+        *,
+        count: bool = True,
+    ) -> Stitched:
+        """Link the event's identifiers, update the journey, return the event's customer.
+
+        ``seq`` is the event's sequence number (default: the one given to the stitcher).
+        ``count=False`` links identifiers only: for an event the caller knows was
+        already counted (a repeat of its ``event_id``).
+        """
+        seq = self._seq if seq is None else seq
         merges: list[Merge] = []
         refusals: list[Refusal] = []
         current: Customer | None = None
         for kind, value in self._rules.order(identifiers):
             owner_id = self.owner(kind, value)
+            if owner_id is not None and self.customer(owner_id) is None:
+                owner_id = None  # a node left behind by a write cut short: repair it
             if owner_id is None:
                 if current is None:
                     current = self._create(kind, value)
@@ -220,9 +235,10 @@ class Stitcher:
             merges.append(self._merge(survivor, absorbed, kind, touch))
             current = survivor
         assert current is not None, "an accepted event has at least one identifier"
-        applied = current.customer_id not in self._replayed
+        applied = count and seq > self._stored_seq.get(current.customer_id, -1)
         if applied:
             apply(current.journey, touch, self._journey_rules)
+            current.seq = max(current.seq, seq)
         self._touch(current)
         return Stitched(current.customer_id, tuple(merges), tuple(refusals), applied)
 
@@ -291,8 +307,6 @@ class Stitcher:
 
     def _touch(self, customer: Customer) -> None:
         self._dirty_customers.add(customer.customer_id)
-        if customer.customer_id not in self._replayed:
-            customer.seq = max(customer.seq, self._seq)
 
     def _refuse_add(self, customer: Customer, kind: str, value: str) -> str | None:
         count = customer.count(kind)
@@ -337,9 +351,14 @@ class Stitcher:
                 survivor.absorbed.append(customer_id)
         if not replay:
             combine(survivor.journey, absorbed.journey, self._journey_rules)
+        survivor.seq = max(survivor.seq, absorbed.seq)
+        # what either held as stored, the survivor now holds
+        self._stored_seq[survivor.customer_id] = max(
+            self._stored_seq.get(survivor.customer_id, -1),
+            self._stored_seq.get(absorbed.customer_id, -1),
+        )
         self._customers[absorbed.customer_id] = None
         self._dirty_customers.add(absorbed.customer_id)
-        self._replayed.discard(absorbed.customer_id)
         self._touch(survivor)
         return Merge(
             absorbed.customer_id,

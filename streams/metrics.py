@@ -74,12 +74,20 @@ class WorkerMetrics:
         self.dedup_held = Gauge(
             "touchpoint_dedup_ids", "Event ids in the duplicate window", registry=r
         )
+        self.forwarded = Counter(
+            "touchpoint_events_forwarded", "Accepted events forwarded to stitching", registry=r
+        )
         self.stitched = Counter(
             "touchpoint_events_stitched", "Events given a customer by the stitch agent", registry=r
         )
         self.stitch_replayed = Counter(
             "touchpoint_events_stitch_replayed",
             "Events of a replayed stitch batch already held by the journey (not counted again)",
+            registry=r,
+        )
+        self.stitch_duplicates = Counter(
+            "touchpoint_events_stitch_duplicate",
+            "Events whose event_id was stitched before from another record (not counted again)",
             registry=r,
         )
         self.merges = Counter(

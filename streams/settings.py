@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     )
     max_poll_records: int = Field(2000, ge=1, description="records fetched per partition poll")
     commit_interval_s: float = Field(2.0, gt=0)
+    kafka_session_timeout_s: float = Field(
+        30.0,
+        ge=6,
+        description="a worker that stops heart-beating this long loses its partitions",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -183,6 +188,15 @@ class Settings(BaseSettings):
     )
     journey_compact_interval_s: float = Field(
         60.0, gt=0, description="how often a slice of customers is checked for idleness"
+    )
+
+    stitch_dedup_max_ids: int = Field(
+        1_000_000,
+        ge=1000,
+        description=(
+            "event ids the stitch agent remembers (all partitions together) so a replayed or "
+            "repeated event is never counted twice in a journey; about 100 bytes each"
+        ),
     )
 
     # --- ClickHouse sink batching ------------------------------------------------------

@@ -24,6 +24,7 @@ from sinks.rows import (
     redirect_rows,
     refusal_row,
 )
+from streams.dedup import DuplicateWindow
 from streams.identity import Stitcher
 from streams.journey import TouchFacts
 
@@ -60,24 +61,42 @@ class StitchOutput:
     merges: list[Merge] = field(default_factory=list)
     refusals: Counter[str] = field(default_factory=Counter)
     replayed: int = 0
+    duplicates: int = 0
 
 
 def stitch_rows(
-    rows: Sequence[list[Any]], stitcher: Stitcher, seq: int, now_ms: int
+    records: Sequence[tuple[int, list[list[Any]]]],
+    stitcher: Stitcher,
+    window: DuplicateWindow,
+    topic: str,
+    seq: int,
+    now_ms: int,
 ) -> StitchOutput:
     """Stitch every event row, fill in its ``customer_id``, collect the output rows.
 
-    ``seq`` is the stitch record's offset: the version of every row written for it, so
-    a replay writes identical rows that the ReplacingMergeTree tables collapse.
+    ``records`` are ``(offset, rows)`` of consecutive records of the stitch ``topic``;
+    an event's sequence number is its record's offset. ``seq`` (the last offset) is the
+    version of every row written, so a replay writes rows that the ReplacingMergeTree
+    tables collapse.
+
+    ``window`` remembers the event ids stitched recently, across every input partition
+    and worker: an event id that comes back in another stitch record (its input was
+    replayed after a crash, or a producer sent it to two partitions) links identifiers
+    but is not counted in the journey again. The caller seals and persists the window.
     """
     out = StitchOutput()
     refusals: list[Refusal] = []
-    for row in rows:
-        result = stitcher.stitch(row[_IDENTIFIERS], touch_of(row))
-        row[CUSTOMER_ID_COLUMN] = result.customer_id
-        out.merges.extend(result.merges)
-        refusals.extend(result.refusals)
-        out.replayed += not result.applied
+    rows: list[list[Any]] = []
+    for offset, record_rows in records:
+        for row in record_rows:
+            repeat = window.seen(row[_EVENT_ID], topic, 0, offset)
+            result = stitcher.stitch(row[_IDENTIFIERS], touch_of(row), offset, count=not repeat)
+            row[CUSTOMER_ID_COLUMN] = result.customer_id
+            out.duplicates += repeat
+            out.merges.extend(result.merges)
+            refusals.extend(result.refusals)
+            out.replayed += not result.applied and not repeat
+        rows.extend(record_rows)
     changes = stitcher.changes()
     customers = []
     for customer_id, customer in changes.customers.items():
@@ -87,7 +106,7 @@ def stitch_rows(
             customers.append(customer_row(customer, seq, now_ms))
     redirects = [r for merge in out.merges for r in redirect_rows(merge, seq)]
     out.rows = {
-        "events_store": list(rows),
+        "events_store": rows,
         "customer_360_store": customers,
         "customer_aliases_store": alias_rows(changes.nodes.items(), seq, now_ms),
         "identity_merges_store": [merge_row(m, seq, now_ms) for m in out.merges],

@@ -12,6 +12,7 @@ the changelog of the identity table, ``<app_id>-identity-changelog``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
@@ -57,8 +58,12 @@ async def ensure_stitch_topic(settings: Settings) -> None:
     admin = _admin(settings)
     await admin.start()
     try:
-        (description,) = await admin.describe_topics([name])
-        count = len(description["partitions"])
+        for _ in range(100):  # a topic just created may show no partitions for a moment
+            (description,) = await admin.describe_topics([name])
+            count = len(description["partitions"])
+            if count:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
     if count != 1:

@@ -95,6 +95,7 @@ def stack(
         "TOUCHPOINT_TOPIC_DISCOVERY_INTERVAL_S": "2",
         "TOUCHPOINT_SINK_LINGER_S": "0.2",
         "TOUCHPOINT_COMMIT_INTERVAL_S": "0.5",
+        "TOUCHPOINT_KAFKA_SESSION_TIMEOUT_S": "10",
         "TOUCHPOINT_LOG_LEVEL": "INFO",
     }
     yield Stack(kafka_bootstrap, clickhouse_server.url, clickhouse_database, env, tmp_path)

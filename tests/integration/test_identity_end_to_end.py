@@ -1,0 +1,215 @@
+"""Identity stitching end to end: 4 partitions, 2 workers, one restarted mid-stream.
+
+What analysts read in ClickHouse must equal a reference computed from the raw events:
+the grouping of identifiers into customers equals the connected components (where no
+guard applies), the guards hold where they do, every event is counted once in its
+customer's journey, and every event row resolves to a current customer.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration.test_worker_end_to_end import (
+    Stack,
+    accounting,
+    ch,
+    channel_topic,
+    create_topics,
+    produce,
+    scalar,
+    stack,
+    started,
+    wait_for,
+)
+
+__all__ = ["ch", "stack"]  # fixtures used by name
+
+pytestmark = pytest.mark.integration
+
+
+class UnionFind:
+    """The reference: plain union-find over identifier nodes."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, nodes: list[str]) -> None:
+        roots = [self.find(n) for n in nodes]
+        for root in roots[1:]:
+            self.parent[root] = roots[0]
+
+    def groups(self) -> set[frozenset[str]]:
+        found: dict[str, set[str]] = defaultdict(set)
+        for node in self.parent:
+            found[self.find(node)].add(node)
+        return {frozenset(g) for g in found.values()}
+
+
+def free_people_events(rng: random.Random, people: int) -> list[dict[str, Any]]:
+    """Touchpoints where no guard can trigger: each person's identifiers, shown a few at a
+    time, never more than the limits allow and never shared between people."""
+    events = []
+    for p in range(people):
+        ids = [
+            ("email", f"p{p}@free.example"),
+            ("anonymous_id", f"free-anon-{p}-a"),
+            ("anonymous_id", f"free-anon-{p}-b"),
+            ("device_id", f"free-dev-{p}"),
+            ("x_loyalty_card", f"free-card-{p}"),
+        ]
+        for n in range(rng.randrange(3, 12)):
+            shown = dict(rng.sample(ids[:1] + ids[1:], rng.randrange(1, 3)))
+            events.append(
+                {
+                    "event_id": f"free-{p}-{n}",
+                    "occurred_at": int(time.time() * 1000) - rng.randrange(86_400_000),
+                    "type": rng.choice(("page_view", "login", "purchase", "app_open")),
+                    "identifiers": shown,
+                }
+            )
+    return events
+
+
+def shared_tablet_events(households: int) -> list[dict[str, Any]]:
+    """Two accounts per household share one tablet: the unique account_id must keep them
+    apart, and the refusal must be recorded."""
+    events = []
+    now = int(time.time() * 1000)
+    for h in range(households):
+        for member in ("a", "b"):
+            account = f"acc-{h}-{member}"
+            events.append(
+                {
+                    "event_id": f"tablet-{h}-{member}-login",
+                    "occurred_at": now - 3_600_000,
+                    "type": "login",
+                    "identifiers": {"account_id": account, "device_id": f"tablet-{h}"},
+                }
+            )
+            events.append(
+                {
+                    "event_id": f"tablet-{h}-{member}-mail",
+                    "occurred_at": now - 1_800_000,
+                    "type": "email_open",
+                    "identifiers": {"account_id": account, "email": f"{account}@home.example"},
+                }
+            )
+    return events
+
+
+async def test_two_workers_and_a_restart_stitch_exactly_the_connected_components(
+    stack: Stack, ch: Any
+) -> None:
+    rng = random.Random(7)
+    free = free_people_events(rng, 300)
+    tablet = shared_tablet_events(20)
+    events = free + tablet
+    rng.shuffle(events)
+    topics = [channel_topic(stack, c) for c in ("web", "mobile_app", "email")]
+    await create_topics(stack, topics)
+    messages = [(topics[i % len(topics)], None, orjson.dumps(e), []) for i, e in enumerate(events)]
+    half = len(messages) // 2
+    db = stack.database
+
+    w1 = await started(stack.start_worker("w1", state=stack.tmp / "w1"))
+    w2 = await started(stack.start_worker("w2", state=stack.tmp / "w2"))
+    try:
+        await produce(stack.bootstrap, messages[:half], "zstd")
+
+        async def some_stitched() -> bool:
+            return bool(await scalar(ch, f"SELECT count() FROM {db}.events_store") > half // 4)
+
+        await wait_for(some_stitched, w1, what="the first events to be stitched")
+        w1.stop(signal.SIGTERM)  # restarted mid-stream
+        await produce(stack.bootstrap, messages[half:], "zstd")
+        w1 = stack.start_worker("w1-again", state=stack.tmp / "w1")
+
+        async def all_stored() -> bool:
+            return bool(await scalar(ch, f"SELECT count() FROM {db}.events") == len(events))
+
+        await wait_for(all_stored, w2, timeout=60, what="every event stitched and stored")
+
+        async def journeys_complete() -> bool:
+            total = await scalar(ch, f"SELECT sum(touchpoints) FROM {db}.customer_360")
+            return bool(total == len(events))
+
+        await wait_for(journeys_complete, w2, timeout=60, what="every journey to be stored")
+
+        # -- the grouping equals the connected components where no guard applies --------
+        reference = UnionFind()
+        for e in free:
+            reference.union([f"{k}:{v}" for k, v in e["identifiers"].items()])
+        rows = (
+            await ch.query(
+                f"SELECT customer_id, groupArray(concat(identifier_kind, ':', identifier_value)) "
+                f"FROM {db}.customer_aliases GROUP BY customer_id"
+            )
+        ).result_rows
+        stitched = {frozenset(nodes) for _, nodes in rows}
+        free_groups = {g for g in stitched if any("free" in n for n in g)}
+        assert free_groups == reference.groups()
+
+        # -- guards: no customer holds two accounts; every refusal is recorded -------------
+        two_accounts = await scalar(
+            ch,
+            f"SELECT count() FROM {db}.customer_360 WHERE length(identifiers['account_id']) > 1",
+        )
+        assert two_accounts == 0
+        refused = await scalar(
+            ch,
+            f"SELECT count() FROM {db}.identity_refusals WHERE reason = 'unique:account_id'",
+        )
+        assert refused == 20  # the second account of each household to show the tablet
+        for h in range(20):
+            owners = await scalar(
+                ch,
+                f"SELECT uniqExact(customer_id) FROM {db}.customer_aliases "
+                f"WHERE identifier_value IN ('acc-{h}-a', 'acc-{h}-b')",
+            )
+            assert owners == 2
+
+        # -- every identifier belongs to exactly one customer, and the views agree --------
+        distinct_nodes = {f"{k}:{v}" for e in events for k, v in e["identifiers"].items()}
+        aliases = (
+            await ch.query(
+                f"SELECT concat(identifier_kind, ':', identifier_value) FROM {db}.customer_aliases"
+            )
+        ).result_rows
+        assert sorted(node for (node,) in aliases) == sorted(distinct_nodes)
+        from_360 = await scalar(
+            ch, f"SELECT sum(length(arrayFlatten(mapValues(identifiers)))) FROM {db}.customer_360"
+        )
+        assert from_360 == len(distinct_nodes)
+
+        # -- each event counted once, in the journey of the customer its row resolves to --
+        mismatched = await scalar(
+            ch,
+            f"SELECT count() FROM (SELECT customer_id, count() AS n FROM {db}.events "
+            f"GROUP BY customer_id) AS e FULL OUTER JOIN {db}.customer_360 AS c "
+            f"ON e.customer_id = c.customer_id WHERE e.n != c.touchpoints",
+        )
+        assert mismatched == 0
+        merges = await scalar(ch, f"SELECT count() FROM {db}.identity_merges")
+        assert merges > 0  # anonymous ids seen alone first, then with the e-mail
+
+        for worker in (w1, w2):
+            if worker.proc.poll() is None:
+                assert (await accounting(await started(worker)))["balanced"]
+    finally:
+        w1.stop()
+        w2.stop()
