@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from streams.dedup import Chunk
 from streams.identity import Stitcher, node_key
 from streams.ingest import triage
 from streams.journey import compact
+from streams.state import write_through
 from streams.stitching import chunk_rows, stitch_rows
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def register_agents(worker: Worker) -> None:
                     except Exception:  # the store changed under the scan (rebalance)
                         logger.exception("compaction scan interrupted; starting over")
                         compaction = None
-                _persist(identity, stitcher)
+                await _persist(identity, stitcher)
             await _stitch_segment(worker, sink, segment, batch, event.ack)
             metrics.stitch_lag.set(time.perf_counter() - started)
 
@@ -194,12 +195,12 @@ async def _stitch_segment(
     last = records[-1][0] if records else batch.last_offset
     now_ms = int(time.time() * 1000)
     out = stitch_rows(records, stitcher, window, batch.topic, last, now_ms)
-    _persist(identity, stitcher)
-    sealed = window.seal(batch.topic, 0, now_ms)  # after the state it vouches for
+    sealed = window.seal(batch.topic, 0, now_ms)
+    # the window's chunk goes after the state it vouches for
+    window_items: list[tuple[str, bytes | None]] = [(f"d/{key}", None) for key in sealed.delete]
     if sealed.write is not None:
-        identity[f"d/{sealed.write.key}"] = orjson.dumps(sealed.write.to_value())
-    for key in sealed.delete:
-        identity.pop(f"d/{key}", None)
+        window_items.append((f"d/{sealed.write.key}", orjson.dumps(sealed.write.to_value())))
+    await _persist(identity, stitcher, window_items)
     for merge in out.merges:
         await worker.app.producer.send(
             worker.settings.merges_topic,
@@ -248,19 +249,22 @@ def _read_customer(identity: Any, customer_id: str) -> Any:
     return None if value is None else customer_from_json(value)
 
 
-def _persist(identity: Any, stitcher: Stitcher) -> None:
-    """Write the batch's changes: customers first, then identifier nodes (replay order)."""
+async def _persist(
+    identity: Any, stitcher: Stitcher, extra: Sequence[tuple[str, bytes | None]] = ()
+) -> None:
+    """Write the batch's changes: customers first, then identifier nodes (replay order),
+    then ``extra`` (the duplicate window's chunk), as one batched table write."""
     changes = stitcher.changes()
-    for customer_id, customer in changes.customers.items():
-        if customer is None:
-            identity.pop(f"c/{customer_id}", None)
-        else:
-            identity[f"c/{customer_id}"] = customer_to_json(customer)
-    for key, owner in changes.nodes.items():
-        if owner is None:
-            identity.pop(f"n/{key}", None)
-        else:
-            identity[f"n/{key}"] = owner.encode()
+    items: list[tuple[str, bytes | None]] = [
+        (f"c/{customer_id}", None if customer is None else customer_to_json(customer))
+        for customer_id, customer in changes.customers.items()
+    ]
+    items += [
+        (f"n/{key}", None if owner is None else owner.encode())
+        for key, owner in changes.nodes.items()
+    ]
+    items += extra
+    await write_through(identity, 0, items)
 
 
 def _compact_slice(
@@ -291,7 +295,7 @@ async def _erase(
     customer = stitcher.customer(owner) if owner else None
     ids = [owner, *customer.absorbed] if owner and customer else []
     removed = stitcher.forget(owner) if owner else []
-    _persist(worker.identity_table, stitcher)  # tombstones before the rows are deleted
+    await _persist(worker.identity_table, stitcher)  # tombstones before the rows are deleted
     if ids:
         await sink.erase(ids)
     done = asyncio.Event()
