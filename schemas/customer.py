@@ -146,7 +146,10 @@ def customer_from_json(data: bytes | str) -> Customer:
         open_cases={k: OpenCase(**v) for k, v in j["open_cases"].items()},
         closed_cases=j["closed_cases"],
         answers={k: Answer(**v) for k, v in j["answers"].items()},
-        recent=[Touch(**t) for t in j["recent"]],
+        recent=[
+            Touch(t["event_id"], t["at"], t["channel"], t["type"], t["case_id"])
+            for t in j["recent"]
+        ],
     )
     return Customer(
         customer_id=raw["customer_id"],

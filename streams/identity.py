@@ -101,10 +101,14 @@ class IdentityRules:
             return 1
         return self.limits.get(kind, self.default_limit)
 
+    _rank: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_rank", {kind: i for i, kind in enumerate(self.priority)})
+
     def order(self, identifiers: Mapping[str, str]) -> list[tuple[str, str]]:
         """The event's identifiers in linking order: priority, then kind, then value."""
-        rank = {kind: i for i, kind in enumerate(self.priority)}
-        last = len(rank)
+        rank, last = self._rank, len(self._rank)
         return sorted(identifiers.items(), key=lambda kv: (rank.get(kv[0], last), kv[0], kv[1]))
 
 

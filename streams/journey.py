@@ -125,7 +125,9 @@ def apply(journey: Journey, touch: TouchFacts, rules: JourneyRules) -> None:
             touch.survey_metric,
             Answer(touch.survey_score, touch.survey_scale_max or 0, touch.at, touch.event_id),
         )
-    _remember(journey, [Touch(touch.event_id, touch.at, touch.channel, touch.type, touch.case_id)])
+    _remember_one(
+        journey, Touch(touch.event_id, touch.at, touch.channel, touch.type, touch.case_id)
+    )
     _bound(journey, rules)
 
 
@@ -211,6 +213,21 @@ def _remember(journey: Journey, touches: list[Touch]) -> None:
         ]
         merged.sort(key=lambda t: (t.at, t.event_id), reverse=True)
         journey.recent = merged
+
+
+def _remember_one(journey: Journey, touch: Touch) -> None:
+    """:func:`_remember` for one touch: recent touches are kept newest first."""
+    recent = journey.recent
+    rank = (touch.at, touch.event_id)
+    for i, seen in enumerate(recent):
+        if seen.event_id == touch.event_id:
+            return
+        if (seen.at, seen.event_id) < rank:
+            if any(t.event_id == touch.event_id for t in recent[i + 1 :]):
+                return
+            recent.insert(i, touch)
+            return
+    recent.append(touch)
 
 
 def _bound(journey: Journey, rules: JourneyRules) -> None:
