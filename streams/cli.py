@@ -90,6 +90,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         quiet=True,
         redirect_stdouts=False,
     )
+    # Faust's start-up spinner sets the root logger to DEBUG whenever the level is WARNING
+    # or above, so every library formats every debug record (about 7% of the stitch path)
+    faust_worker.spinner = None
     with clean_run(worker):
         faust_worker.execute_from_commandline()
     return 0
