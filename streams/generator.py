@@ -501,14 +501,24 @@ def _channel_of(document: dict[str, Any]) -> str:
     return source.removesuffix("-service")
 
 
-def benchmark_events(seed: int, count: int, customers: int) -> Iterator[GeneratedMessage]:
-    """About 300-byte valid events, Zipf (exponent 1.1) over ``customers``; fast."""
+def benchmark_events(
+    seed: int, count: int, customers: int, *, every_customer: bool = False
+) -> Iterator[GeneratedMessage]:
+    """About 300-byte valid events, Zipf (exponent 1.1) over ``customers``; fast.
+
+    With ``every_customer`` the first ``customers`` events show each customer once (in a
+    random order) and only the rest follow the Zipf law, so the state holds the whole
+    population; used to measure memory per customer.
+    """
     rng = random.Random(seed)
     cumulative = _zipf_weights(customers, 1.1)
     channels = ("web", "mobile_app", "email", "call_center")
     start = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
     population = range(customers)
-    picks = rng.choices(population, cum_weights=cumulative, k=count)
+    picks: list[int] = []
+    if every_customer:
+        picks = rng.sample(population, min(count, customers))
+    picks += rng.choices(population, cum_weights=cumulative, k=count - len(picks))
     for i, who in enumerate(picks):
         channel = channels[i % 4]
         document = {
