@@ -128,6 +128,7 @@ async def test_two_workers_and_a_restart_stitch_exactly_the_connected_components
 
     w1 = await started(stack.start_worker("w1", state=stack.tmp / "w1"))
     w2 = await started(stack.start_worker("w2", state=stack.tmp / "w2"))
+    later: list[Any] = []
     try:
         await produce(stack.bootstrap, messages[:half], "zstd")
 
@@ -210,6 +211,52 @@ async def test_two_workers_and_a_restart_stitch_exactly_the_connected_components
         for worker in (w1, w2):
             if worker.proc.poll() is None:
                 assert (await accounting(await started(worker)))["balanced"]
-    finally:
+
+        # -- a new machine rebuilds the identity state from the changelog alone -----------
         w1.stop()
         w2.stop()
+        w3 = stack.start_worker("w3", state=stack.tmp / "w3-fresh")
+        later.append(w3)
+        await started(w3)
+        owners = dict(
+            (
+                await ch.query(
+                    f"SELECT identifier_value, customer_id FROM {db}.customer_aliases "
+                    f"WHERE identifier_kind = 'email' AND identifier_value LIKE '%@free.example'"
+                )
+            ).result_rows
+        )
+        returning = [
+            {
+                "event_id": f"back-{p}",
+                "occurred_at": int(time.time() * 1000),
+                "type": "login",
+                "identifiers": {"email": f"p{p}@free.example", "anonymous_id": f"back-anon-{p}"},
+            }
+            for p in range(0, 300, 10)
+            if f"p{p}@free.example" in owners  # some people never showed their e-mail
+        ]
+        assert len(returning) > 10
+        await produce(
+            stack.bootstrap, [(topics[0], None, orjson.dumps(e), []) for e in returning], "zstd"
+        )
+
+        async def returning_stored() -> bool:
+            total = await scalar(ch, f"SELECT count() FROM {db}.events")
+            return bool(total == len(events) + len(returning))
+
+        await wait_for(returning_stored, w3, timeout=60, what="the returning customers' events")
+        resolved = dict(
+            (
+                await ch.query(
+                    f"SELECT event_id, customer_id FROM {db}.events WHERE event_id LIKE 'back-%'"
+                )
+            ).result_rows
+        )
+        assert resolved == {
+            e["event_id"]: owners[e["identifiers"]["email"]] for e in returning
+        }  # the customers the old workers stitched, not new ones
+        assert await scalar(ch, f"SELECT count() FROM {db}.identity_merges") == merges
+    finally:
+        for worker in (w1, w2, *later):
+            worker.stop()
