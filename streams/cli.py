@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,7 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``touchpoint`` console script."""
     args = build_parser().parse_args(argv)
+    if args.func is not cmd_worker and threading.current_thread() is threading.main_thread():
+        # SIGTERM (``timeout``, a supervisor) unwinds like Ctrl-C, so the embedded Kafka
+        # and ClickHouse a command started are stopped, not left running
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
