@@ -252,17 +252,19 @@ def _read_customer(identity: Any, customer_id: str) -> Any:
 async def _persist(
     identity: Any, stitcher: Stitcher, extra: Sequence[tuple[str, bytes | None]] = ()
 ) -> None:
-    """Write the batch's changes: customers first, then identifier nodes (replay order),
-    then ``extra`` (the duplicate window's chunk), as one batched table write."""
+    """Write the batch's changes in replay-safe order (live customers, identifier nodes,
+    deleted customers), then ``extra`` (the duplicate window's chunk), as one batched
+    table write."""
     changes = stitcher.changes()
+    live = [(k, c) for k, c in changes.customers.items() if c is not None]
     items: list[tuple[str, bytes | None]] = [
-        (f"c/{customer_id}", None if customer is None else customer_to_json(customer))
-        for customer_id, customer in changes.customers.items()
+        (f"c/{customer_id}", customer_to_json(customer)) for customer_id, customer in live
     ]
     items += [
         (f"n/{key}", None if owner is None else owner.encode())
         for key, owner in changes.nodes.items()
     ]
+    items += [(f"c/{k}", None) for k, c in changes.customers.items() if c is None]
     items += extra
     await write_through(identity, 0, items)
 

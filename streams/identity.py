@@ -27,7 +27,11 @@ record that carried it; sequence numbers only grow). A customer stores the highe
 sequence applied to it; an event replayed after a crash whose customer, as stored,
 already holds that sequence is not applied to the journey again, while identity
 operations (adding an identifier a customer owns, merging a customer it already
-absorbed) are no-ops by construction.
+absorbed) are no-ops by construction. A crash may cut a batch's writes short; they are
+made in an order that keeps every prefix replayable: live customers, then identifier
+nodes, then deleted customers, so a node never points at a customer that is gone while
+its survivor's pointers are unwritten, and an identifier its customer lists but whose
+node is missing is simply pointed again.
 
 This module is pure: it reads state through two functions and keeps its writes in an
 overlay that the caller persists once per batch (:meth:`Stitcher.changes`).
@@ -203,6 +207,9 @@ class Stitcher:
                 if current is None:
                     current = self._create(kind, value)
                     continue
+                if current.has(kind, value):  # a replay whose node write was cut short
+                    self._point(kind, value, current.customer_id)
+                    continue
                 reason = self._refuse_add(current, kind, value)
                 if reason is None:
                     self._add(current, kind, value)
@@ -247,10 +254,15 @@ class Stitcher:
         return Stitched(current.customer_id, tuple(merges), tuple(refusals), applied)
 
     def changes(self) -> Changes:
-        """The writes to persist: customers first, then nodes (see the module docstring)."""
+        """The writes to persist, in the order to write them: the live customers, then the
+        nodes, then the deletions (``None``, last in ``customers``), so a write cut short
+        never leaves a node pointing at a deleted customer (see the module docstring)."""
+        dirty = sorted(self._dirty_customers)
+        live = [k for k in dirty if self._customers[k] is not None]
+        gone = [k for k in dirty if self._customers[k] is None]
         return Changes(
             nodes={k: self._nodes[k] for k in sorted(self._dirty_nodes)},
-            customers={k: self._customers[k] for k in sorted(self._dirty_customers)},
+            customers={k: self._customers[k] for k in (*live, *gone)},
         )
 
     def forget(self, customer_id: str) -> list[tuple[str, str]]:
