@@ -1,9 +1,14 @@
 """Journey state of one customer: pure functions over :class:`schemas.customer.Journey`.
 
 Every update is by event time and commutes: applying the same touches in any order,
-or combining two journeys in either direction, gives the same journey (up to the size
-bounds, which keep the most recent entries). That is what lets two customers' journeys
-be combined on a merge, and late events land where they belong.
+or combining two journeys in either direction, gives the same first and last seen,
+counts per channel, stage, latest answers, recent touches, closed cases and set of
+open cases with their last contact (up to the size bounds, which keep the most recent
+entries). That is what lets two customers' journeys be combined on a merge, and late
+events land where they belong. One exception: a case contacted again after it was
+closed is open again, and if the close arrives late (after contacts older than it),
+the reopened case's first contact, contact count and channels include those older
+contacts; only its last contact is exact.
 """
 
 from __future__ import annotations
@@ -235,7 +240,7 @@ def _bound(journey: Journey, rules: JourneyRules) -> None:
         del journey.recent[rules.max_recent :]
     if len(journey.open_cases) > rules.max_open_cases:
         keep = sorted(journey.open_cases.items(), key=lambda kv: (kv[1].last_at, kv[0]))
-        journey.open_cases = dict(keep[-rules.max_open_cases :])
+        journey.open_cases = dict(keep[len(keep) - rules.max_open_cases :])
     if len(journey.closed_cases) > rules.max_closed_cases:
         keep_closed = sorted(journey.closed_cases.items(), key=lambda kv: (kv[1], kv[0]))
-        journey.closed_cases = dict(keep_closed[-rules.max_closed_cases :])
+        journey.closed_cases = dict(keep_closed[len(keep_closed) - rules.max_closed_cases :])
