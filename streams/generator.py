@@ -91,6 +91,9 @@ class GeneratedMessage:
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
     kind: str
+    #: Kafka record timestamp (epoch ms): the true moment a producer with a skewed clock
+    #: sent it, so ingest can measure the skew; None lets the producer stamp it
+    timestamp_ms: int | None = None
 
 
 @dataclass
@@ -465,7 +468,9 @@ def generate(config: GeneratorConfig) -> Iterator[GeneratedMessage]:
         if sent and rng.random() < config.duplicate_share:
             again = sent[rng.randrange(len(sent))]
             emitted += 1
-            yield GeneratedMessage(again.topic, again.key, again.value, again.headers, "duplicate")
+            yield GeneratedMessage(
+                again.topic, again.key, again.value, again.headers, "duplicate", again.timestamp_ms
+            )
             continue
         customer = people[order[rng.choices(range(config.customers), cum_weights=cumulative)[0]]]
         document = journeys.next_event(customer, when, f"ev-{config.seed}-{i:08d}")
@@ -481,12 +486,17 @@ def generate(config: GeneratorConfig) -> Iterator[GeneratedMessage]:
         )
         if rng.random() < 0.5:
             document.pop("channel")  # optional: the topic names it
+        # a producer whose clock is off says so in sent_at; the record time is the truth
+        record_ms = (
+            int((when + timedelta(seconds=1)).timestamp() * 1000) if "sent_at" in document else None
+        )
         message = GeneratedMessage(
             TOPIC_PREFIX + _channel_of(document),
             key,
             orjson.dumps(document),
             headers,
             "valid",
+            record_ms,
         )
         if len(sent) < 10_000:
             sent.append(message)
@@ -595,6 +605,7 @@ async def publish(
                     message.value,
                     key=message.key,
                     headers=list(message.headers) or None,
+                    timestamp_ms=message.timestamp_ms,
                 )
             )
             stats.per_topic[message.topic] += 1

@@ -13,7 +13,7 @@ from schemas.dead_letter import DeadLetter
 from schemas.ingested import IngestedEvent, SourceRecord
 from streams.app import ingest_rules
 from streams.generator import BAD_KINDS, GeneratorConfig, benchmark_events, generate
-from streams.ingest import ingest
+from streams.ingest import FLAG_SKEW_CORRECTED, ingest
 from streams.settings import Settings
 
 RULES = ingest_rules(Settings())
@@ -22,7 +22,12 @@ NOW = datetime(2026, 11, 15, tzinfo=UTC)
 
 def _ingest_all(config: GeneratorConfig) -> list[tuple[str, IngestedEvent | DeadLetter]]:
     return [
-        (m.kind, ingest(SourceRecord(m.topic, 0, i, None, m.key, m.value, m.headers), RULES, NOW))
+        (
+            m.kind,
+            ingest(
+                SourceRecord(m.topic, 0, i, m.timestamp_ms, m.key, m.value, m.headers), RULES, NOW
+            ),
+        )
         for i, m in enumerate(generate(config))
     ]
 
@@ -35,6 +40,25 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not() -> None:
     other = [(m.topic, m.key, m.value, m.headers) for m in generate(other_config)]
     assert first == again
     assert first != other
+
+
+def test_skewed_device_clocks_are_corrected_back_onto_the_true_timeline() -> None:
+    messages = list(generate(GeneratorConfig(events=3000, customers=200)))
+    corrected = 0
+    for i, m in enumerate(messages):
+        if m.timestamp_ms is None:
+            assert b'"sent_at"' not in m.value
+            continue
+        outcome = ingest(
+            SourceRecord(m.topic, 0, i, m.timestamp_ms, m.key, m.value, m.headers), RULES, NOW
+        )
+        assert isinstance(outcome, IngestedEvent)
+        assert FLAG_SKEW_CORRECTED in outcome.flags
+        # the device sent it a second after the event, by the true clock
+        assert int(outcome.occurred_at.timestamp() * 1000) == m.timestamp_ms - 1000
+        assert 5_000 <= abs(outcome.clock_skew_ms) <= 600_000
+        corrected += 1
+    assert corrected > 20
 
 
 def test_every_valid_message_is_accepted_on_its_own_topic() -> None:
