@@ -22,6 +22,7 @@ __all__ = [
     "MERGE_COLUMNS",
     "REDIRECT_COLUMNS",
     "REFUSAL_COLUMNS",
+    "SCORE_COLUMNS",
     "TABLE_COLUMNS",
     "Migration",
     "migrations",
@@ -66,6 +67,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "source_topic",
     "source_partition",
     "source_offset",
+    "journey_stage",
 )
 
 #: Insert column order of ``dead_letters_store``.
@@ -144,6 +146,25 @@ ERASURE_COLUMNS: tuple[str, ...] = (
     "completed_at",
 )
 
+#: Insert column order of ``scores_store``: one row per stitch record, its tallies as
+#: parallel arrays (see ``streams/scores.py``).
+SCORE_COLUMNS: tuple[str, ...] = (
+    "stitch_offset",
+    "first_event_id",
+    "stitched_at",
+    "bucket_start",
+    "segment_kind",
+    "segment_value",
+    "metric",
+    "responses",
+    "promoters",
+    "passives",
+    "detractors",
+    "positive",
+    "score_milli",
+    "score_sq_micro",
+)
+
 #: Every table the sinks insert into, with its column order, in insert order.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "events_store": EVENT_COLUMNS,
@@ -154,6 +175,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "customer_redirects_store": REDIRECT_COLUMNS,
     "identity_refusals_store": REFUSAL_COLUMNS,
     "erasures_store": ERASURE_COLUMNS,
+    "scores_store": SCORE_COLUMNS,
 }
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -85,6 +85,7 @@ def event_row(ingested: IngestedEvent) -> list[Any]:
         source.topic,
         source.partition,
         source.offset,
+        "",  # journey_stage: the stitch agent fills it in
     ]
 
 

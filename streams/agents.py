@@ -41,6 +41,7 @@ from streams.dedup import Chunk
 from streams.identity import Stitcher, node_key
 from streams.ingest import triage
 from streams.journey import compact
+from streams.scores import Watermarks
 from streams.state import write_through
 from streams.stitching import chunk_rows, stitch_rows
 
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest stitch record (bytes of JSON); below Kafka's default message.max.bytes of 1 MiB.
 STITCH_RECORD_BYTES = 512 * 1024
+#: Identity-table key of the input partitions' watermarks.
+WATERMARKS_KEY = "w/event_time"
 #: Customers looked at per compaction tick.
 COMPACT_SLICE = 2000
 
@@ -162,6 +165,7 @@ def register_agents(worker: Worker) -> None:
         window.forget({tp.partition for tp in revoked if tp.topic in worker.input_topic.topics})
         if any(tp.topic == worker.stitch_topic_name for tp in revoked):
             worker.stitch_window.forget([0])
+            worker.watermarks = None
 
 
 def _no_op() -> None:
@@ -192,15 +196,29 @@ async def _stitch_segment(
     window = worker.stitch_window
     if not window.is_loaded(0):
         window.load(0, _stitch_chunks(identity))
+    if worker.watermarks is None:
+        worker.watermarks = _load_watermarks(identity, worker.settings.grace_s)
+    watermarks = worker.watermarks
     last = records[-1][0] if records else batch.last_offset
     now_ms = int(time.time() * 1000)
-    out = stitch_rows(records, stitcher, window, batch.topic, last, now_ms)
+    out = stitch_rows(
+        records, stitcher, window, batch.topic, last, now_ms, watermarks, worker.score_rules
+    )
     sealed = window.seal(batch.topic, 0, now_ms)
     # the window's chunk goes after the state it vouches for
     window_items: list[tuple[str, bytes | None]] = [(f"d/{key}", None) for key in sealed.delete]
     if sealed.write is not None:
         window_items.append((f"d/{sealed.write.key}", orjson.dumps(sealed.write.to_value())))
+    if watermarks.changed:
+        window_items.append((WATERMARKS_KEY, orjson.dumps(watermarks.marks)))
+        watermarks.changed = False
     await _persist(identity, stitcher, window_items)
+    worker.rolling.add(out.on_time)
+    worker.rolling.prune()
+    metrics.late.inc(out.late)
+    low = watermarks.low()
+    if low is not None:
+        metrics.watermark.set(low / 1000)
     for merge in out.merges:
         await worker.app.producer.send(
             worker.settings.merges_topic,
@@ -217,7 +235,9 @@ async def _stitch_segment(
     metrics.stitch_replayed.inc(out.replayed)
     metrics.stitch_duplicates.inc(out.duplicates)
     first = records[0][0] if records else batch.last_offset
-    await sink.add(out.rows, on_stored=on_stored, token=f"stitch:{first}-{last}")
+    # the token names this attempt: a replay must replace the record's scores row, and
+    # the events rows written with it, never be dropped as a repeat of an earlier insert
+    await sink.add(out.rows, on_stored=on_stored, token=f"stitch:{first}-{last}@{now_ms}")
 
 
 async def _ack_when_durable(
@@ -237,6 +257,12 @@ async def _ack_when_durable(
         return
     await stored.wait()
     event.ack()
+
+
+def _load_watermarks(identity: Any, grace_s: float) -> Watermarks:
+    value = identity.get(WATERMARKS_KEY)
+    marks = orjson.loads(value) if value else {}
+    return Watermarks(int(grace_s * 1000), marks)
 
 
 def _read_node(identity: Any, key: str) -> str | None:

@@ -28,7 +28,9 @@ from streams.identity import IdentityRules
 from streams.ingest import IngestRules
 from streams.journey import JourneyRules
 from streams.metrics import WorkerMetrics
+from streams.scores import Rolling, Watermarks
 from streams.settings import Settings
+from streams.stitching import ScoreRules
 from streams.topics import DEDUP_TABLE, IDENTITY_TABLE, discover_input_topics, stitch_topic_name
 
 __all__ = [
@@ -140,6 +142,11 @@ def _credentials(settings: Settings) -> Any:
     )
 
 
+#: Event time the stream's rolling score view keeps (28 days, the longest standard
+#: window, plus the 7-day baseline before a 24 h window and a day of slack).
+ROLLING_HORIZON_MS = 36 * 86_400_000
+
+
 @dataclass
 class Worker:
     """Everything the agents use, built once from the settings."""
@@ -157,6 +164,12 @@ class Worker:
     stitch_window: DuplicateWindow
     metrics: WorkerMetrics
     dead_letters: DeadLetterPublisher
+    score_rules: ScoreRules = field(default_factory=ScoreRules)
+    #: event-time progress of the input partitions; loaded from the identity table by the
+    #: stitch agent, None while this worker does not hold the stitch partition
+    watermarks: Watermarks | None = None
+    #: the stream's own rolling view of the scores (on-time answers only)
+    rolling: Rolling = field(default_factory=lambda: Rolling(60_000, ROLLING_HORIZON_MS))
     sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
     sink: ClickHouseSink | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -266,6 +279,8 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         ),
         metrics=WorkerMetrics(),
         dead_letters=DeadLetterPublisher(app.producer, settings.dlq_topic),
+        score_rules=ScoreRules(settings.score_bucket_s * 1000, tuple(settings.score_segments)),
+        rolling=Rolling(settings.score_bucket_s * 1000, ROLLING_HORIZON_MS),
     )
 
     @app.service

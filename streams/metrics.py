@@ -100,6 +100,17 @@ class WorkerMetrics:
             "touchpoint_customers_compacted", "Idle customers compacted in hot state", registry=r
         )
         self.erasures = Counter("touchpoint_erasures", "Erasure requests carried out", registry=r)
+        self.late = Counter(
+            "touchpoint_events_late",
+            "Events more than the grace behind their partition's watermark (left out of the "
+            "stream's rolling views; ClickHouse counts them in their buckets)",
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "touchpoint_event_time_watermark_seconds",
+            "Event time (epoch s) of the least advanced input partition",
+            registry=r,
+        )
         self.stitch_lag = Gauge(
             "touchpoint_stitch_batch_seconds", "Time to stitch the last stitch record", registry=r
         )

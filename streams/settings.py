@@ -199,6 +199,23 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- Scores ------------------------------------------------------------------------
+    score_bucket_s: int = Field(
+        60, ge=1, le=86400, description="width of the score buckets (event time, seconds)"
+    )
+    score_segments: tuple[str, ...] = Field(
+        ("region", "product", "segment"),
+        description="context dimensions that are segments of the scores (besides all, "
+        "channel, journey_stage)",
+    )
+    grace_s: float = Field(
+        600.0,
+        ge=0,
+        description="how far behind its partition's watermark an event may be and still "
+        "count in the stream's rolling views; later ones are counted as late (ClickHouse "
+        "still counts them in their bucket)",
+    )
+
     # --- ClickHouse sink batching ------------------------------------------------------
     sink_batch_rows: int = Field(20_000, ge=1, description="insert when this many rows wait")
     sink_linger_s: float = Field(0.5, ge=0, description="insert at the latest this long after")
@@ -206,6 +223,16 @@ class Settings(BaseSettings):
         200_000, ge=1, description="back-pressure: the stream waits above this many rows"
     )
     sink_retry_max_s: float = Field(30.0, gt=0, description="cap of the insert retry backoff")
+
+    @field_validator("score_segments")
+    @classmethod
+    def _segments_named(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name in {"all", "channel", "journey_stage"}:
+                raise ValueError(f"{name!r} is a segment already; list context dimensions only")
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"{name!r}: use lower-case letters, digits and '_'")
+        return value
 
     @field_validator("clickhouse_database", "app_id")
     @classmethod

@@ -27,8 +27,9 @@ from sinks.rows import (
 from streams.dedup import DuplicateWindow
 from streams.identity import Stitcher
 from streams.journey import TouchFacts
+from streams.scores import Answer, Key, Tally, Watermarks, segments_of, tally_answers
 
-__all__ = ["StitchOutput", "chunk_rows", "stitch_rows", "touch_of"]
+__all__ = ["FLAG_LATE", "ScoreRules", "StitchOutput", "chunk_rows", "stitch_rows", "touch_of"]
 
 _COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
 _EVENT_ID, _OCCURRED_AT = _COLUMN["event_id"], _COLUMN["occurred_at"]
@@ -36,6 +37,11 @@ _CHANNEL, _TYPE, _CASE = _COLUMN["channel"], _COLUMN["type"], _COLUMN["case_id"]
 _RESOLVED, _IDENTIFIERS = _COLUMN["resolved"], _COLUMN["identifiers"]
 _METRIC, _SCORE = _COLUMN["survey_metric"], _COLUMN["survey_score"]
 _SCALE = _COLUMN["survey_scale_max"]
+_CONTEXT, _FLAGS, _STAGE = _COLUMN["context"], _COLUMN["flags"], _COLUMN["journey_stage"]
+_SOURCE_TOPIC, _SOURCE_PARTITION = _COLUMN["source_topic"], _COLUMN["source_partition"]
+
+#: Flag on an ``events`` row whose event was more than the grace behind its partition.
+FLAG_LATE = "late"
 
 
 def touch_of(row: Sequence[Any]) -> TouchFacts:
@@ -62,6 +68,17 @@ class StitchOutput:
     refusals: Counter[str] = field(default_factory=Counter)
     replayed: int = 0
     duplicates: int = 0
+    late: int = 0
+    #: tallies of the answers that were not late, for the stream's rolling view
+    on_time: dict[Key, Tally] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRules:
+    """How answers become score tallies: bucket width and segment dimensions."""
+
+    bucket_ms: int = 60_000
+    dimensions: tuple[str, ...] = ("region", "product", "segment")
 
 
 def stitch_rows(
@@ -71,23 +88,35 @@ def stitch_rows(
     topic: str,
     seq: int,
     now_ms: int,
+    watermarks: Watermarks | None = None,
+    score_rules: ScoreRules | None = None,
 ) -> StitchOutput:
     """Stitch every event row, fill in its ``customer_id``, collect the output rows.
 
     ``records`` are ``(offset, rows)`` of consecutive records of the stitch ``topic``;
     an event's sequence number is its record's offset. ``seq`` (the last offset) is the
-    version of every row written, so a replay writes rows that the ReplacingMergeTree
-    tables collapse.
+    version of every customer row written, so a replay writes rows that the
+    ReplacingMergeTree tables collapse.
 
     ``window`` remembers the event ids stitched recently, across every input partition
     and worker: an event id that comes back in another stitch record (its input was
     replayed after a crash, or a producer sent it to two partitions) links identifiers
-    but is not counted in the journey again. The caller seals and persists the window.
+    but is not counted in the journey or the scores again, and writes no ``events`` row
+    (the first one stands). The caller seals and persists the window.
+
+    Each event row gets the customer's journey stage after the event; each record with
+    survey answers gets one ``scores_store`` row with the tallies of its answers, so a
+    replayed record replaces its own row (see ``0003_scores.sql``). ``watermarks``
+    decides which events are late (flagged, left out of :attr:`StitchOutput.on_time`).
     """
     out = StitchOutput()
+    rules = score_rules or ScoreRules()
     refusals: list[Refusal] = []
     rows: list[list[Any]] = []
+    scores: list[tuple[Any, ...]] = []
+    on_time: list[Answer] = []
     for offset, record_rows in records:
+        answers: list[Answer] = []
         for row in record_rows:
             repeat = window.seen(row[_EVENT_ID], topic, 0, offset)
             result = stitcher.stitch(row[_IDENTIFIERS], touch_of(row), offset, count=not repeat)
@@ -96,7 +125,32 @@ def stitch_rows(
             out.merges.extend(result.merges)
             refusals.extend(result.refusals)
             out.replayed += not result.applied and not repeat
-        rows.extend(record_rows)
+            if repeat:
+                continue
+            customer = stitcher.customer(result.customer_id)
+            stage = customer.journey.stage if customer is not None else ""
+            row[_STAGE] = stage
+            late = watermarks is not None and watermarks.observe(
+                f"{row[_SOURCE_TOPIC]}:{row[_SOURCE_PARTITION]}", row[_OCCURRED_AT]
+            )
+            if late:
+                row[_FLAGS] = [*row[_FLAGS], FLAG_LATE]
+                out.late += 1
+            rows.append(row)
+            if row[_METRIC] is not None and row[_SCORE] is not None:
+                answer = Answer(
+                    row[_OCCURRED_AT],
+                    row[_METRIC],
+                    row[_SCORE],
+                    row[_SCALE],
+                    segments_of(row[_CHANNEL], stage, row[_CONTEXT], rules.dimensions),
+                )
+                answers.append(answer)
+                if not late:
+                    on_time.append(answer)
+        if answers:
+            scores.append(_score_row(offset, record_rows[0][_EVENT_ID], now_ms, answers, rules))
+    out.on_time = tally_answers(on_time, rules.bucket_ms)
     changes = stitcher.changes()
     customers = []
     for customer_id, customer in changes.customers.items():
@@ -112,9 +166,24 @@ def stitch_rows(
         "identity_merges_store": [merge_row(m, seq, now_ms) for m in out.merges],
         "customer_redirects_store": redirects,
         "identity_refusals_store": [refusal_row(r, now_ms) for r in refusals],
+        "scores_store": scores,
     }
     out.refusals = Counter(r.reason for r in refusals)
     return out
+
+
+def _score_row(
+    offset: int, first_event_id: str, now_ms: int, answers: list[Answer], rules: ScoreRules
+) -> tuple[Any, ...]:
+    """The ``scores_store`` row of one stitch record (``SCORE_COLUMNS`` order)."""
+    tallies = sorted(tally_answers(answers, rules.bucket_ms).items())
+    columns: list[list[Any]] = [[] for _ in range(11)]
+    for (start, kind, value, metric), tally in tallies:
+        for column, item in zip(
+            columns, (start, kind, value, metric, *tally.as_tuple()), strict=True
+        ):
+            column.append(item)
+    return (offset, first_event_id, now_ms, *columns)
 
 
 def chunk_rows(encoded: Sequence[bytes], max_bytes: int) -> list[bytes]:

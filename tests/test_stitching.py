@@ -1,0 +1,153 @@
+"""One stitch batch end to end in memory: events rows, journey stage, score rows, lateness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from schemas.clickhouse import EVENT_COLUMNS, SCORE_COLUMNS
+from schemas.ingested import IngestedEvent, SourceRecord
+from sinks.rows import event_row
+from streams.app import identity_rules, ingest_rules
+from streams.dedup import DuplicateWindow
+from streams.ingest import ingest
+from streams.journey import JourneyRules
+from streams.scores import Watermarks
+from streams.settings import Settings
+from streams.stitching import FLAG_LATE, ScoreRules, stitch_rows
+from tests.test_identity import Store
+
+SETTINGS = Settings()
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+T0 = int(datetime(2026, 11, 10, 12, 0, tzinfo=UTC).timestamp() * 1000)
+MINUTE = 60_000
+COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+SCORE = {name: i for i, name in enumerate(SCORE_COLUMNS)}
+
+
+def row(event_id: str, at: int, *, partition: int = 0, **fields: Any) -> list[Any]:
+    document = {
+        "event_id": event_id,
+        "occurred_at": at,
+        "type": "page_view",
+        "identifiers": {"email": "ada@example.com"},
+        "context": {"region": "eu"},
+        **fields,
+    }
+    channel = document.pop("channel", "web")
+    outcome = ingest(
+        SourceRecord(f"touchpoints.{channel}", partition, 0, None, None, orjson.dumps(document)),
+        ingest_rules(SETTINGS),
+        NOW,
+    )
+    assert isinstance(outcome, IngestedEvent), outcome
+    return orjson.loads(orjson.dumps(event_row(outcome)))
+
+
+def survey(event_id: str, at: int, metric: str, score: float, **fields: Any) -> list[Any]:
+    return row(
+        event_id,
+        at,
+        type="survey_response",
+        survey={"metric": metric, "score": score},
+        **fields,
+    )
+
+
+class Stream:
+    """The stitch agent's loop without Kafka: state in dicts, window and watermarks kept."""
+
+    def __init__(self, grace_ms: int = 600_000) -> None:
+        self.store = Store(journey=JourneyRules())
+        self.window = DuplicateWindow(window_ms=7 * 86_400_000, max_ids_per_partition=10_000)
+        self.window.load(0, [])
+        self.watermarks = Watermarks(grace_ms)
+
+    def batch(self, records: list[tuple[int, list[list[Any]]]]) -> Any:
+        stitcher = self.store.stitcher(identity_rules(SETTINGS))
+        out = stitch_rows(
+            records,
+            stitcher,
+            self.window,
+            "app-stitch",
+            records[-1][0],
+            1,
+            self.watermarks,
+            ScoreRules(MINUTE, ("region",)),
+        )
+        self.store.persist(stitcher.changes())
+        return out
+
+
+def _tallies(score_row: tuple[Any, ...]) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    keys = zip(
+        *(score_row[SCORE[c]] for c in ("bucket_start", "segment_kind", "segment_value", "metric")),
+        strict=True,
+    )
+    values = zip(*(score_row[SCORE[c]] for c in SCORE_COLUMNS[7:]), strict=True)
+    return dict(zip(keys, values, strict=True))
+
+
+def test_each_record_with_answers_gets_one_score_row_with_its_segments() -> None:
+    out = Stream().batch(
+        [
+            (5, [row("a", T0, type="ticket_opened", channel="support", case_id="k1")]),
+            (6, [survey("b", T0 + 1000, "nps", 9), survey("c", T0 + 61_000, "nps", 3)]),
+        ]
+    )
+    (score_row,) = out.rows["scores_store"]
+    assert score_row[SCORE["stitch_offset"]] == 6
+    assert score_row[SCORE["first_event_id"]] == "b"
+    tallies = _tallies(score_row)
+    # responses, promoters, passives, detractors, positive, score_milli, score_sq_micro
+    assert tallies[(T0, "all", "all", "nps")] == (1, 1, 0, 0, 1, 9000, 81_000_000)
+    assert tallies[(T0 + MINUTE, "all", "all", "nps")] == (1, 0, 0, 1, 0, 3000, 9_000_000)
+    # the customer was in support when they answered (ticket_opened)
+    assert tallies[(T0, "journey_stage", "support", "nps")][0] == 1
+    assert tallies[(T0, "channel", "web", "nps")][0] == 1
+    assert tallies[(T0, "region", "eu", "nps")][0] == 1
+    stages = {r[COLUMN["event_id"]]: r[COLUMN["journey_stage"]] for r in out.rows["events_store"]}
+    assert stages == {"a": "support", "b": "support", "c": "support"}
+
+
+def test_a_replayed_record_writes_the_same_score_row_and_a_repeat_writes_nothing() -> None:
+    stream = Stream()
+    first = stream.batch([(1, [survey("a", T0, "csat", 4), survey("b", T0, "ces", 2.5)])])
+    replay = stream.batch([(1, [survey("a", T0, "csat", 4), survey("b", T0, "ces", 2.5)])])
+    assert first.rows["scores_store"] == replay.rows["scores_store"]
+    assert len(replay.rows["events_store"]) == 2
+    # the same event ids in another record: duplicates, counted nowhere again
+    repeat = stream.batch([(2, [survey("a", T0, "csat", 4)])])
+    assert repeat.duplicates == 1
+    assert repeat.rows["events_store"] == []
+    assert repeat.rows["scores_store"] == []
+
+
+def test_events_beyond_the_grace_are_flagged_late_and_left_out_of_the_stream_view() -> None:
+    stream = Stream(grace_ms=10 * MINUTE)
+    stream.batch([(1, [survey("now", T0, "nps", 10)])])
+    out = stream.batch(
+        [
+            (
+                2,
+                [
+                    survey("within", T0 - 9 * MINUTE, "nps", 0),
+                    survey("beyond", T0 - 11 * MINUTE, "nps", 0),
+                    survey("other-partition", T0 - 60 * MINUTE, "nps", 0, partition=1),
+                ],
+            )
+        ]
+    )
+    flags = {r[COLUMN["event_id"]]: r[COLUMN["flags"]] for r in out.rows["events_store"]}
+    assert FLAG_LATE not in flags["within"]
+    assert FLAG_LATE in flags["beyond"]
+    assert FLAG_LATE not in flags["other-partition"]  # its partition's watermark is its own
+    assert out.late == 1
+    # ClickHouse still gets all three, in their own buckets
+    tallies = _tallies(out.rows["scores_store"][0])
+    assert sum(v[0] for k, v in tallies.items() if k[1] == "all") == 3
+    # the stream's own view leaves the late one out
+    on_time = sum(t.responses for k, t in out.on_time.items() if k[1] == "all")
+    assert on_time == 2
