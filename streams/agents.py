@@ -166,6 +166,7 @@ def register_agents(worker: Worker) -> None:
         if any(tp.topic == worker.stitch_topic_name for tp in revoked):
             worker.stitch_window.forget([0])
             worker.watermarks = None
+            worker.rolling.clear()  # the worker that takes over keeps its own
 
 
 def _no_op() -> None:

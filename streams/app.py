@@ -323,6 +323,27 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         totals = worker.metrics.accounting()
         return view.json({**totals.__dict__, "balanced": totals.balanced})
 
+    @app.page("/scores")
+    async def scores_page(view: Any, request: Any) -> Any:
+        """The stream's rolling scores (on-time answers), ``?window_s=`` (default 24 h),
+        ending at the newest bucket; empty on a worker that does not stitch."""
+        try:
+            window_s = float(request.query.get("window_s", 86_400))
+        except ValueError:
+            return view.json({"error": "window_s must be a number of seconds"}, status=400)
+        rolling = worker.rolling
+        end = rolling.newest + rolling.bucket_ms
+        marks = worker.watermarks
+        low = marks.low() if marks is not None else None
+        return view.json(
+            {
+                "window_s": window_s,
+                "end_ms": end,
+                "watermark_ms": low,
+                "scores": rolling.report(end, int(window_s * 1000)),
+            }
+        )
+
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def log_accounting() -> None:
         """Log the accounting line every 10 s."""

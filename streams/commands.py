@@ -271,6 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ).result_rows
         print(_demo_report(stats.total, totals, by_channel, reasons, clickhouse.url, worker.port))
         print(_identity_report(client))
+        print(_scores_report(client))
         if not args.keep_running:
             print(
                 "\n(everything stops now; `touchpoint demo --keep-running` keeps it up "
@@ -351,6 +352,29 @@ def _identity_report(client: Any) -> str:
             *(f"    {stage or '(none)':<28} {n:>6,}" for stage, n in stages),
         ]
     )
+
+
+def _scores_report(client: Any) -> str:
+    """Rolling 28-day scores by channel, ending with the newest bucket (event time)."""
+    end = client.query("SELECT max(bucket_start) + INTERVAL 1 MINUTE FROM touchpoints.scores")
+    until = end.result_rows[0][0]
+    rows = client.query(
+        "SELECT segment_value, metric, responses, score, margin, share_positive "
+        "FROM touchpoints.scores_window(start = {s:DateTime64(3)}, end = {e:DateTime64(3)}) "
+        "WHERE segment_kind = 'channel' ORDER BY metric, segment_value",
+        parameters={"s": until - timedelta(days=28), "e": until},
+    ).result_rows
+    lines = [
+        "",
+        f"scores by channel, 28 days of event time to {until:%Y-%m-%d %H:%M} UTC "
+        "(ClickHouse touchpoints.scores_window)",
+    ]
+    names = {"nps": "NPS", "csat": "CSAT %", "ces": "CES mean"}
+    for channel, metric, n, score, margin, share in rows:
+        text = f"{score:7.1f} +/- {margin:4.1f}" if margin is not None else f"{score:7.1f}"
+        extra = f"   ({share:.0f} % answered 5+)" if metric == "ces" else ""
+        lines.append(f"  {names[metric]:<9} {channel:<14} {text}   n={n:,}{extra}")
+    return "\n".join(lines)
 
 
 # --- benchmark ---------------------------------------------------------------------------

@@ -226,6 +226,10 @@ class Rolling:
                 out.add(tally)
         return out
 
+    def clear(self) -> None:
+        self.series.clear()
+        self.newest = 0
+
     def prune(self) -> None:
         """Forget buckets older than the horizon behind the newest bucket."""
         cutoff = self.newest - self.horizon_ms
@@ -235,3 +239,25 @@ class Rolling:
                 del buckets[start]
             if not buckets:
                 del self.series[key]
+
+    def report(self, end_ms: int, length_ms: int) -> list[dict[str, object]]:
+        """Every segment and metric over the window ending at ``end_ms``: score, margin and
+        the counts, as the stream sees them (late events left out)."""
+        out: list[dict[str, object]] = []
+        for kind, value, metric in sorted(self.series):
+            tally = self.window(kind, value, metric, end_ms, length_ms)
+            if tally.responses == 0:
+                continue
+            score = value_of(metric, tally)
+            out.append(
+                {
+                    "segment_kind": kind,
+                    "segment_value": value,
+                    "metric": metric,
+                    "responses": tally.responses,
+                    "score": score.value,
+                    "margin": score.margin,
+                    "share_positive": score.share_positive,
+                }
+            )
+        return out

@@ -201,3 +201,20 @@ def test_segments_are_all_channel_stage_and_the_configured_dimensions() -> None:
         ("journey_stage", "unknown"),
         ("region", "eu"),
     )
+
+
+def test_the_rolling_report_gives_each_segment_its_score_over_the_window() -> None:
+    rolling = Rolling(MINUTE, 10 * DAY)
+    answers_ = [
+        Answer(DAY + i * MINUTE, "nps", score, None, (("all", "all"), ("channel", "chat")))
+        for i, score in enumerate((10, 9, 3, 8))
+    ]
+    old = Answer(0, "nps", 0, None, (("all", "all"),))
+    rolling.add(tally_answers([*answers_, old], MINUTE))
+    report = rolling.report(DAY + 4 * MINUTE, DAY)
+    assert [(r["segment_kind"], r["responses"], r["score"]) for r in report] == [
+        ("all", 4, 25.0),
+        ("channel", 4, 25.0),
+    ]
+    rolling.clear()
+    assert rolling.report(DAY, DAY) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections import defaultdict
 from typing import Any
 
 import orjson
@@ -29,35 +28,11 @@ from tests.integration.test_worker_end_to_end import (
     started,
     wait_for,
 )
+from tests.test_identity import UnionFind
 
 __all__ = ["ch", "stack"]  # fixtures used by name
 
 pytestmark = pytest.mark.integration
-
-
-class UnionFind:
-    """The reference: plain union-find over identifier nodes."""
-
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, nodes: list[str]) -> None:
-        roots = [self.find(n) for n in nodes]
-        for root in roots[1:]:
-            self.parent[root] = roots[0]
-
-    def groups(self) -> set[frozenset[str]]:
-        found: dict[str, set[str]] = defaultdict(set)
-        for node in self.parent:
-            found[self.find(node)].add(node)
-        return {frozenset(g) for g in found.values()}
 
 
 def free_people_events(rng: random.Random, people: int) -> list[dict[str, Any]]:
