@@ -17,6 +17,7 @@ __all__ = [
     "ALIAS_COLUMNS",
     "CUSTOMER_COLUMNS",
     "DEAD_LETTER_COLUMNS",
+    "EFFORT_COLUMNS",
     "ERASURE_COLUMNS",
     "EVENT_COLUMNS",
     "MERGE_COLUMNS",
@@ -165,6 +166,25 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "score_sq_micro",
 )
 
+#: Insert column order of ``effort_store``: one row per assisted contact, the newest wins.
+EFFORT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "occurred_at",
+    "customer_id",
+    "case_id",
+    "channel",
+    "journey_stage",
+    "context",
+    "repeat_contact",
+    "channel_switch",
+    "transferred",
+    "escalated",
+    "unresolved",
+    "wait_seconds",
+    "points",
+    "version",
+)
+
 #: Every table the sinks insert into, with its column order, in insert order.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "events_store": EVENT_COLUMNS,
@@ -176,6 +196,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "identity_refusals_store": REFUSAL_COLUMNS,
     "erasures_store": ERASURE_COLUMNS,
     "scores_store": SCORE_COLUMNS,
+    "effort_store": EFFORT_COLUMNS,
 }
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -179,6 +179,7 @@ class ClickHouseSink:
             "customer_redirects_store": f"customer_id IN {owned} OR current_id IN {owned}",
             "identity_merges_store": f"merged_from IN {owned} OR merged_into IN {owned}",
             "identity_refusals_store": (f"customer_id IN {owned} OR other_customer_id IN {owned}"),
+            "effort_store": f"customer_id IN {owned}",
         }
         statements = [
             f"ALTER TABLE `{db}`.{table} DELETE WHERE {where}"

@@ -38,6 +38,7 @@ from schemas.customer import customer_from_json, customer_to_json
 from sinks.rows import dead_letter_row, event_row
 from streams.batching import RecordBatch
 from streams.dedup import Chunk
+from streams.effort import CaseBook
 from streams.identity import Stitcher, node_key
 from streams.ingest import triage
 from streams.journey import compact
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest stitch record (bytes of JSON); below Kafka's default message.max.bytes of 1 MiB.
 STITCH_RECORD_BYTES = 512 * 1024
+#: Identity-table key of the version of the last effort rows written.
+EFFORT_VERSION_KEY = "w/effort_version"
 #: Identity-table key of the input partitions' watermarks.
 WATERMARKS_KEY = "w/event_time"
 #: Customers looked at per compaction tick.
@@ -166,6 +169,7 @@ def register_agents(worker: Worker) -> None:
         if any(tp.topic == worker.stitch_topic_name for tp in revoked):
             worker.stitch_window.forget([0])
             worker.watermarks = None
+            worker.effort_version = None
             worker.rolling.clear()  # the worker that takes over keeps its own
 
 
@@ -202,12 +206,31 @@ async def _stitch_segment(
     watermarks = worker.watermarks
     last = records[-1][0] if records else batch.last_offset
     now_ms = int(time.time() * 1000)
+    if worker.effort_version is None:
+        stored = identity.get(EFFORT_VERSION_KEY)
+        worker.effort_version = int(stored) if stored else 0
+    worker.effort_version = version = max(now_ms, worker.effort_version + 1)
+    cases = CaseBook(worker.effort_rules, lambda case_id: _read_case(identity, case_id))
     out = stitch_rows(
-        records, stitcher, window, batch.topic, last, now_ms, watermarks, worker.score_rules
+        records,
+        stitcher,
+        window,
+        batch.topic,
+        last,
+        now_ms,
+        watermarks,
+        worker.score_rules,
+        cases,
+        version,
     )
     sealed = window.seal(batch.topic, 0, now_ms)
+    window_items: list[tuple[str, bytes | None]] = [
+        (f"k/{case_id}", orjson.dumps(contacts) if contacts else None)
+        for case_id, contacts in cases.changes().items()
+    ]
+    window_items.append((EFFORT_VERSION_KEY, str(version).encode()))
     # the window's chunk goes after the state it vouches for
-    window_items: list[tuple[str, bytes | None]] = [(f"d/{key}", None) for key in sealed.delete]
+    window_items += [(f"d/{key}", None) for key in sealed.delete]
     if sealed.write is not None:
         window_items.append((f"d/{sealed.write.key}", orjson.dumps(sealed.write.to_value())))
     if watermarks.changed:
@@ -264,6 +287,11 @@ def _load_watermarks(identity: Any, grace_s: float) -> Watermarks:
     value = identity.get(WATERMARKS_KEY)
     marks = orjson.loads(value) if value else {}
     return Watermarks(int(grace_s * 1000), marks)
+
+
+def _read_case(identity: Any, case_id: str) -> list[Any] | None:
+    value = identity.get(f"k/{case_id}")
+    return None if value is None else list(orjson.loads(value))
 
 
 def _read_node(identity: Any, key: str) -> str | None:

@@ -23,6 +23,7 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.dead_letters import DeadLetterPublisher
 from streams.batching import BatchingApp
 from streams.dedup import DuplicateWindow
+from streams.effort import EffortRules
 from streams.identifiers import IdentifierPolicy
 from streams.identity import IdentityRules
 from streams.ingest import IngestRules
@@ -165,6 +166,9 @@ class Worker:
     metrics: WorkerMetrics
     dead_letters: DeadLetterPublisher
     score_rules: ScoreRules = field(default_factory=ScoreRules)
+    effort_rules: EffortRules = field(default_factory=EffortRules)
+    #: version of the effort rows written by the last stitch batch (grows every batch)
+    effort_version: int | None = None
     #: event-time progress of the input partitions; loaded from the identity table by the
     #: stitch agent, None while this worker does not hold the stitch partition
     watermarks: Watermarks | None = None
@@ -280,6 +284,11 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         metrics=WorkerMetrics(),
         dead_letters=DeadLetterPublisher(app.producer, settings.dlq_topic),
         score_rules=ScoreRules(settings.score_bucket_s * 1000, tuple(settings.score_segments)),
+        effort_rules=EffortRules(
+            assisted_channels=frozenset(settings.effort_assisted_channels),
+            repeat_window_ms=int(settings.effort_repeat_window_s * 1000),
+            max_contacts_per_case=settings.effort_max_contacts_per_case,
+        ),
         rolling=Rolling(settings.score_bucket_s * 1000, ROLLING_HORIZON_MS),
     )
 

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 METRICS = ("nps", "csat", "ces")
+#: The stream's rolling view also holds ``effort``: contacts and their effort points.
 #: z for a two-sided 95 % interval.
 Z95 = 1.96
 CES_POSITIVE = 5
@@ -151,7 +152,8 @@ class ScoreValue:
 
 
 def value_of(metric: str, tally: Tally) -> ScoreValue:
-    """The score a tally gives: NPS (-100..100), CSAT % (0..100) or mean CES (1..7)."""
+    """The score a tally gives: NPS (-100..100), CSAT % (0..100), mean CES (1..7) or,
+    for ``effort``, the mean effort points per contact (0..100)."""
     n = tally.responses
     if n == 0:
         return ScoreValue(metric, 0, None, None)
@@ -169,6 +171,8 @@ def value_of(metric: str, tally: Tally) -> ScoreValue:
         # sample variance from exact integer sums (thousandths)
         var_micro = (tally.score_sq_micro - tally.score_milli**2 / n) / (n - 1)
         margin = Z95 * math.sqrt(max(0.0, var_micro) / 1e6 / n)
+    if metric == "effort":  # mean effort points per contact; no "positive" share
+        return ScoreValue(metric, n, mean, margin)
     return ScoreValue(metric, n, mean, margin, 100 * share, share_margin)
 
 

@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from streams.effort import DEFAULT_ASSISTED_CHANNELS
 from streams.identity import DEFAULT_LIMITS, DEFAULT_PRIORITY, DEFAULT_UNIQUE_KINDS
 from streams.journey import DEFAULT_CASE_CLOSING_TYPES, DEFAULT_STAGES
 
@@ -207,6 +208,16 @@ class Settings(BaseSettings):
         ("region", "product", "segment"),
         description="context dimensions that are segments of the scores (besides all, "
         "channel, journey_stage)",
+    )
+    effort_assisted_channels: frozenset[str] = Field(
+        DEFAULT_ASSISTED_CHANNELS,
+        description="channels where a person of the company is involved (contacts)",
+    )
+    effort_repeat_window_s: float = Field(
+        7 * 86400.0, gt=0, description="a contact this soon after the case's previous one repeats"
+    )
+    effort_max_contacts_per_case: int = Field(
+        200, ge=2, description="contacts a case remembers for the effort signals"
     )
     grace_s: float = Field(
         600.0,

@@ -25,9 +25,18 @@ from sinks.rows import (
     refusal_row,
 )
 from streams.dedup import DuplicateWindow
+from streams.effort import CaseBook, Contact, is_contact
 from streams.identity import Stitcher
 from streams.journey import TouchFacts
-from streams.scores import Answer, Key, Tally, Watermarks, segments_of, tally_answers
+from streams.scores import (
+    Answer,
+    Key,
+    Tally,
+    Watermarks,
+    bucket_of,
+    segments_of,
+    tally_answers,
+)
 
 __all__ = ["FLAG_LATE", "ScoreRules", "StitchOutput", "chunk_rows", "stitch_rows", "touch_of"]
 
@@ -39,6 +48,24 @@ _METRIC, _SCORE = _COLUMN["survey_metric"], _COLUMN["survey_score"]
 _SCALE = _COLUMN["survey_scale_max"]
 _CONTEXT, _FLAGS, _STAGE = _COLUMN["context"], _COLUMN["flags"], _COLUMN["journey_stage"]
 _SOURCE_TOPIC, _SOURCE_PARTITION = _COLUMN["source_topic"], _COLUMN["source_partition"]
+_INTERACTION = tuple(
+    _COLUMN[c]
+    for c in (
+        "interaction_direction",
+        "interaction_queue",
+        "interaction_agent_id",
+        "wait_seconds",
+        "handle_seconds",
+        "transferred",
+        "escalated",
+        "resolved",
+    )
+)
+_WAIT, _TRANSFERRED, _ESCALATED = (
+    _COLUMN["wait_seconds"],
+    _COLUMN["transferred"],
+    _COLUMN["escalated"],
+)
 
 #: Flag on an ``events`` row whose event was more than the grace behind its partition.
 FLAG_LATE = "late"
@@ -90,6 +117,8 @@ def stitch_rows(
     now_ms: int,
     watermarks: Watermarks | None = None,
     score_rules: ScoreRules | None = None,
+    cases: CaseBook | None = None,
+    effort_version: int = 0,
 ) -> StitchOutput:
     """Stitch every event row, fill in its ``customer_id``, collect the output rows.
 
@@ -108,6 +137,11 @@ def stitch_rows(
     survey answers gets one ``scores_store`` row with the tallies of its answers, so a
     replayed record replaces its own row (see ``0003_scores.sql``). ``watermarks``
     decides which events are late (flagged, left out of :attr:`StitchOutput.on_time`).
+
+    With ``cases``, each assisted contact gets an ``effort_store`` row, and so does the
+    contact after it in its case (its predecessor may have changed); rows carry
+    ``effort_version``, which must grow from batch to batch, so the newest row of each
+    contact wins (see ``streams/effort.py``). The caller persists ``cases.changes()``.
     """
     out = StitchOutput()
     rules = score_rules or ScoreRules()
@@ -115,6 +149,8 @@ def stitch_rows(
     rows: list[list[Any]] = []
     scores: list[tuple[Any, ...]] = []
     on_time: list[Answer] = []
+    effort_rows: dict[str, tuple[Any, ...]] = {}
+    effort_view: dict[Key, Tally] = {}
     for offset, record_rows in records:
         answers: list[Answer] = []
         for row in record_rows:
@@ -148,9 +184,39 @@ def stitch_rows(
                 answers.append(answer)
                 if not late:
                     on_time.append(answer)
+            if cases is not None and is_contact(
+                row[_CHANNEL],
+                row[_CASE],
+                any(row[i] is not None for i in _INTERACTION),
+                cases.rules,
+            ):
+                contact = Contact(
+                    row[_EVENT_ID],
+                    row[_OCCURRED_AT],
+                    row[_CHANNEL],
+                    result.customer_id,
+                    row[_CASE],
+                    stage,
+                    {d: row[_CONTEXT][d] for d in rules.dimensions if row[_CONTEXT].get(d)},
+                    row[_TRANSFERRED] is True or row[_TYPE] == "transfer",
+                    row[_ESCALATED] is True,
+                    row[_RESOLVED] is False,
+                    float(row[_WAIT] or 0.0),
+                )
+                for changed, before in cases.apply(contact):
+                    effort_rows[changed.event_id] = _effort_row(changed, effort_version)
+                    if (late or not result.applied) and changed is contact:
+                        continue  # late, or already counted before a replay
+                    start = bucket_of(changed.at, rules.bucket_ms)
+                    tally = _effort_tally(changed, before)
+                    for kind, value in segments_of(
+                        changed.channel, changed.stage, changed.context, rules.dimensions
+                    ):
+                        effort_view.setdefault((start, kind, value, "effort"), Tally()).add(tally)
         if answers:
             scores.append(_score_row(offset, record_rows[0][_EVENT_ID], now_ms, answers, rules))
     out.on_time = tally_answers(on_time, rules.bucket_ms)
+    out.on_time.update(effort_view)
     changes = stitcher.changes()
     customers = []
     for customer_id, customer in changes.customers.items():
@@ -167,9 +233,43 @@ def stitch_rows(
         "customer_redirects_store": redirects,
         "identity_refusals_store": [refusal_row(r, now_ms) for r in refusals],
         "scores_store": scores,
+        "effort_store": list(effort_rows.values()),
     }
     out.refusals = Counter(r.reason for r in refusals)
     return out
+
+
+def _effort_row(c: Contact, version: int) -> tuple[Any, ...]:
+    """The ``effort_store`` row of a contact (``EFFORT_COLUMNS`` order)."""
+    return (
+        c.event_id,
+        c.at,
+        c.customer_id,
+        c.case_id,
+        c.channel,
+        c.stage,
+        c.context,
+        c.repeat,
+        c.switch,
+        c.transferred,
+        c.escalated,
+        c.unresolved,
+        c.wait_s,
+        c.points,
+        version,
+    )
+
+
+def _effort_tally(c: Contact, before: int) -> Tally:
+    """What a contact adds to the stream's rolling ``effort`` view: one contact and its
+    points when new, the change of its points when its flags changed (or on a replay)."""
+    now = c.points
+    if before < 0:
+        return Tally(responses=1, score_milli=now * 1000, score_sq_micro=(now * 1000) ** 2)
+    return Tally(
+        score_milli=(now - before) * 1000,
+        score_sq_micro=(now * 1000) ** 2 - (before * 1000) ** 2,
+    )
 
 
 def _score_row(

@@ -12,6 +12,7 @@ from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.rows import event_row
 from streams.app import identity_rules, ingest_rules
 from streams.dedup import DuplicateWindow
+from streams.effort import CaseBook, EffortRules
 from streams.ingest import ingest
 from streams.journey import JourneyRules
 from streams.scores import Watermarks
@@ -64,9 +65,13 @@ class Stream:
         self.window = DuplicateWindow(window_ms=7 * 86_400_000, max_ids_per_partition=10_000)
         self.window.load(0, [])
         self.watermarks = Watermarks(grace_ms)
+        self.cases: dict[str, list[Any]] = {}
+        self.version = 0
 
     def batch(self, records: list[tuple[int, list[list[Any]]]]) -> Any:
         stitcher = self.store.stitcher(identity_rules(SETTINGS))
+        book = CaseBook(EffortRules(), self.cases.get)
+        self.version += 1
         out = stitch_rows(
             records,
             stitcher,
@@ -76,8 +81,11 @@ class Stream:
             1,
             self.watermarks,
             ScoreRules(MINUTE, ("region",)),
+            book,
+            self.version,
         )
         self.store.persist(stitcher.changes())
+        self.cases.update(book.changes())
         return out
 
 
@@ -151,3 +159,33 @@ def test_events_beyond_the_grace_are_flagged_late_and_left_out_of_the_stream_vie
     # the stream's own view leaves the late one out
     on_time = sum(t.responses for k, t in out.on_time.items() if k[1] == "all")
     assert on_time == 2
+
+
+def contact_row(event_id: str, at: int, channel: str, **interaction: Any) -> list[Any]:
+    return row(
+        event_id,
+        at,
+        channel=channel,
+        type="call",
+        case_id="k1",
+        interaction={"wait_seconds": 0, **interaction},
+    )
+
+
+def test_contacts_get_effort_rows_and_a_late_earlier_one_rewrites_its_successor() -> None:
+    stream = Stream()
+    first = stream.batch([(1, [contact_row("a", T0, "chat"), contact_row("c", T0 + 2000, "chat")])])
+    effort = {r[0]: r for r in first.rows["effort_store"]}
+    assert set(effort) == {"a", "c"}
+    # (repeat, switch) and points: c repeats a on the same channel
+    assert effort["c"][7:9] == (True, False) and effort["c"][13] == 30
+    late = stream.batch([(2, [contact_row("b", T0 + 1000, "call_center", escalated=True)])])
+    rows = {r[0]: r for r in late.rows["effort_store"]}
+    assert set(rows) == {"b", "c"}  # the newcomer and the contact after it, nothing else
+    assert rows["c"][7:9] == (True, True)  # c now follows b, on another channel
+    assert rows["c"][13] == 45
+    assert rows["b"][13] == 10 + 20 + 15 + 15  # repeat of a, switch from chat, escalated
+    # the stream's own view gains one contact and both changes of points
+    all_effort = late.on_time[(T0 - T0 % MINUTE, "all", "all", "effort")]
+    assert all_effort.responses == 1
+    assert all_effort.score_milli == (60 + 15) * 1000

@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 MINUTE = 60_000
 CHANNELS = ("web", "call_center", "email", "survey")
+ASSISTED = ("call_center", "chat")
 STAGE_EVENTS = (("ticket_opened", "call_center"), ("purchase", "web"), ("login", "web"))
 
 #: The recomputation: one row per bucket x segment x metric, straight from `events`.
@@ -63,6 +64,37 @@ ARRAY JOIN arrayConcat(
 ) AS seg
 WHERE survey_metric IS NOT NULL {where}
 GROUP BY bucket, kind, value, m
+"""
+
+#: Effort per contact, from the definition (README "Effort"), straight from `events`.
+EFFORT = """
+SELECT
+    event_id,
+    toUInt8(case_id IS NOT NULL AND prev_at IS NOT NULL
+            AND prev_at >= occurred_at - INTERVAL 7 DAY) AS rep,
+    toUInt8(case_id IS NOT NULL AND prev_channel IS NOT NULL AND prev_channel != channel) AS sw,
+    toUInt8(ifNull(transferred, false) OR type = 'transfer') AS tr,
+    toUInt8(ifNull(escalated, false)) AS esc,
+    toUInt8(ifNull(resolved, true) = false) AS unres,
+    10 + 20 * rep + 15 * sw + 10 * tr + 15 * esc + 15 * unres
+        + least(15, toUInt32(floor(ifNull(wait_seconds, 0) / 60))) AS pts,
+    customer_id AS cust,
+    occurred_at AS at,
+    channel
+FROM
+(
+    SELECT *,
+        lagInFrame(toNullable(occurred_at)) OVER w AS prev_at,
+        lagInFrame(toNullable(channel)) OVER w AS prev_channel
+    FROM {db}.events
+    WHERE has({{assisted:Array(String)}}, channel)
+      AND (case_id IS NOT NULL OR wait_seconds IS NOT NULL OR transferred IS NOT NULL
+           OR escalated IS NOT NULL OR resolved IS NOT NULL OR interaction_direction IS NOT NULL
+           OR interaction_queue IS NOT NULL OR interaction_agent_id IS NOT NULL
+           OR handle_seconds IS NOT NULL)
+    WINDOW w AS (PARTITION BY case_id ORDER BY occurred_at, event_id
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+)
 """
 
 STORED = """
@@ -128,7 +160,37 @@ def journeys(rng: random.Random, people: int, start_ms: int) -> list[dict[str, A
             if survey is not None:
                 event["survey"] = survey
             events.append(event)
+        if rng.random() < 0.5:
+            events += case_contacts(rng, p, account, context, clock)
     return events
+
+
+def case_contacts(
+    rng: random.Random, p: int, identifiers: dict[str, str], context: dict[str, str], now: int
+) -> list[dict[str, Any]]:
+    """A support case: contacts over the past days on several assisted channels, some
+    more than 7 days apart, sent in random order (most of them beyond the grace)."""
+    contacts = []
+    for n in range(rng.randrange(1, 6)):
+        contacts.append(
+            {
+                "event_id": f"case-{p}-{n}",
+                "occurred_at": now - rng.randrange(0, 12 * 86_400_000),
+                "type": rng.choice(("call", "chat", "transfer", "ticket_updated")),
+                "channel": rng.choice(ASSISTED),
+                "identifiers": identifiers,
+                "context": context,
+                "case_id": f"case-{p}" if rng.random() < 0.85 else None,
+                "interaction": {
+                    "wait_seconds": rng.choice((0, 30, 61, 400, 2000)),
+                    "transferred": rng.random() < 0.2,
+                    "escalated": rng.random() < 0.1,
+                    "resolved": rng.choice((True, False, None)),
+                },
+            }
+        )
+    rng.shuffle(contacts)
+    return [{k: v for k, v in c.items() if v is not None} for c in contacts]
 
 
 def _reference_by_channel(events: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, ...]]:
@@ -173,8 +235,10 @@ async def test_every_bucket_and_window_equals_a_recomputation_from_the_raw_event
     repeats = rng.sample(on_time, 40)
     sent = on_time[: len(on_time) // 2] + repeats[:20] + on_time[len(on_time) // 2 :] + repeats[20:]
 
-    topics = {c: channel_topic(stack, c) for c in CHANNELS}
+    topics = {c: channel_topic(stack, c) for c in (*CHANNELS, *ASSISTED)}
     await create_topics(stack, list(topics.values()))
+    assisted = [topics[c].removeprefix("touchpoints.") for c in ASSISTED]
+    stack.env["TOUCHPOINT_EFFORT_ASSISTED_CHANNELS"] = orjson.dumps(assisted).decode()
 
     def messages(events: list[dict[str, Any]]) -> list[Any]:
         # the topic names the channel (tests use their own topic names)
@@ -287,5 +351,60 @@ async def test_every_bucket_and_window_equals_a_recomputation_from_the_raw_event
         assert mismatched == 0
         merged = await scalar(ch, f"SELECT count() FROM {db}.identity_merges")
         assert merged > 20
+
+        # -- effort: every contact's signals and points equal the definition over events --
+        effort = {
+            r[0]: tuple(r[1:])
+            for r in (
+                await ch.query(
+                    f"SELECT event_id, repeat_contact, channel_switch, transferred, escalated, "
+                    f"unresolved, points, customer_id FROM {db}.effort"
+                )
+            ).result_rows
+        }
+        recomputed_effort = {
+            r[0]: tuple(r[1:8])
+            for r in (
+                await ch.query(EFFORT.format(db=db), parameters={"assisted": assisted})
+            ).result_rows
+        }
+        assert effort == recomputed_effort
+        assert sum(1 for v in effort.values() if v[0]) > 10  # repeats happened
+        assert sum(1 for v in effort.values() if v[1]) > 10  # and channel switches
+        daily = {
+            tuple(r[:2]): tuple(r[2:])
+            for r in (
+                await ch.query(
+                    f"SELECT day, segment_value, contacts, repeat_contacts, channel_switches, "
+                    f"effort_points FROM {db}.effort_daily WHERE segment_kind = 'channel'"
+                )
+            ).result_rows
+        }
+        again_daily = {
+            tuple(r[:2]): tuple(r[2:])
+            for r in (
+                await ch.query(
+                    f"SELECT toDate(at) AS day, channel, count(), sum(rep), sum(sw), sum(pts) "
+                    f"FROM ({EFFORT.format(db=db)}) GROUP BY day, channel",
+                    parameters={"assisted": assisted},
+                )
+            ).result_rows
+        }
+        assert daily == again_daily
+        # each customer's effort index: its contacts' points in the last 28 days, at most 100
+        index_mismatch = (
+            await ch.query(
+                f"""
+            SELECT count() FROM {db}.customer_360 AS c
+            LEFT JOIN (
+                SELECT cust, least(100, sum(pts)) AS idx FROM ({EFFORT.format(db=db)})
+                WHERE at >= now64() - INTERVAL 28 DAY GROUP BY cust
+            ) AS e ON c.customer_id = e.cust
+            WHERE ifNull(c.effort_index, -1) != if(e.cust = '', -1, e.idx)
+            """,
+                parameters={"assisted": assisted},
+            )
+        ).result_rows[0][0]
+        assert index_mismatch == 0
     finally:
         w1.stop(signal.SIGTERM)
