@@ -7,11 +7,13 @@
           -> touchpoints.dlq + ClickHouse dead_letters_store   (rejected, with reason)
 
     <app_id>-stitch  -->  stitch                              (one worker at a time)
-        stitch: identity (identifiers -> customer, guards, merges) and journey state in
-                the identity table (RocksDB, changelogged), one write per touched key
-          -> ClickHouse events_store (with customer_id), customer_360_store,
+        stitch: identity (identifiers -> customer, guards, merges), journey state, case
+                contacts and event-time watermarks in the identity table (RocksDB,
+                changelogged), one write per touched key
+          -> ClickHouse events_store (with customer_id and journey stage), customer_360_store,
              customer_aliases_store, identity_merges_store, customer_redirects_store,
-             identity_refusals_store
+             identity_refusals_store, scores_store (survey tallies per stitch record),
+             effort_store (one row per assisted contact, see streams/effort.py)
           -> touchpoints.identity_merges
         control records on the same topic: erasure requests, idle-customer compaction
 

@@ -209,6 +209,38 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- effort-check ------------------------------------------------------------------------
+
+
+async def _effort_check(settings: Settings) -> str:
+    from schemas.clickhouse import quote_identifier
+    from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
+    from streams.app import open_clickhouse
+
+    db = quote_identifier(settings.clickhouse_database)
+    client = await open_clickhouse(settings)
+    try:
+        summary = (await client.query(EFFORT_VS_CES.format(db=db))).result_rows[0]
+        by_score = (await client.query(EFFORT_VS_CES_BY_SCORE.format(db=db))).result_rows
+    finally:
+        await client.close()
+    return format_effort_vs_ces(tuple(summary), [tuple(r) for r in by_score])
+
+
+def cmd_effort_check(args: argparse.Namespace) -> int:
+    """How well the effort index tracks the CES answers in ClickHouse."""
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    try:
+        print(asyncio.run(_effort_check(settings)))
+    except Exception as exc:
+        raise SystemExit(
+            f"effort check failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}"
+            " and migrated (touchpoint migrate)?"
+        ) from None
+    return 0
+
+
 # --- schema / config ---------------------------------------------------------------------
 
 
@@ -263,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--identifier", required=True, help="KIND:VALUE, e.g. email:ada@x.org")
     erase.add_argument(
         "--wait", type=float, default=120.0, help="seconds to wait for a worker to confirm"
+    )
+
+    add(
+        "effort-check",
+        cmd_effort_check,
+        "how well the effort index tracks the CES answers in ClickHouse (correlation, "
+        "sample size, mean effort per CES score)",
     )
 
     from streams import commands as extra

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
 from streams.embedded.process import free_port
 
 __all__ = ["register"]
@@ -374,6 +375,25 @@ def _scores_report(client: Any) -> str:
         text = f"{score:7.1f} +/- {margin:4.1f}" if margin is not None else f"{score:7.1f}"
         extra = f"   ({share:.0f} % answered 5+)" if metric == "ces" else ""
         lines.append(f"  {names[metric]:<9} {channel:<14} {text}   n={n:,}{extra}")
+    effort = client.query(
+        "SELECT segment_value, sum(contacts), sum(repeat_contacts), sum(channel_switches), "
+        "sum(transfers), sum(escalations), round(sum(effort_points) / sum(contacts), 1) "
+        "FROM touchpoints.effort_daily WHERE segment_kind = 'channel' "
+        "AND day > toDate({e:DateTime64(3)}) - 28 GROUP BY segment_value ORDER BY 7 DESC",
+        parameters={"e": until},
+    ).result_rows
+    lines += [
+        "",
+        "effort by channel, same 28 days (ClickHouse touchpoints.effort_daily)",
+        "  channel         contacts  repeats  switches  transfers  escalations  effort index",
+        *(
+            f"  {ch:<14} {n:>9,} {rep:>8,} {sw:>9,} {tr:>10,} {esc:>12,} {idx:>13}"
+            for ch, n, rep, sw, tr, esc, idx in effort
+        ),
+    ]
+    summary = client.query(EFFORT_VS_CES.format(db="touchpoints")).result_rows[0]
+    by_score = client.query(EFFORT_VS_CES_BY_SCORE.format(db="touchpoints")).result_rows
+    lines += ["", format_effort_vs_ces(tuple(summary), [tuple(r) for r in by_score])]
     return "\n".join(lines)
 
 

@@ -8,16 +8,19 @@ mid-stream. The SQL below is written from CONTRACT section 2, not from the strea
 
 from __future__ import annotations
 
+import math
 import random
 import signal
+import statistics
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
+from sinks.reports import EFFORT_VS_CES
 from tests.integration.test_worker_end_to_end import (
     Stack,
     ch,
@@ -190,6 +193,18 @@ def case_contacts(
             }
         )
     rng.shuffle(contacts)
+    contacts.append(  # the customer rates the case
+        {
+            "event_id": f"case-{p}-ces",
+            "occurred_at": now,
+            "type": "survey_response",
+            "channel": "survey",
+            "identifiers": identifiers,
+            "context": context,
+            "case_id": f"case-{p}",
+            "survey": {"metric": "ces", "score": rng.randrange(1, 8)},
+        }
+    )
     return [{k: v for k, v in c.items() if v is not None} for c in contacts]
 
 
@@ -406,5 +421,51 @@ async def test_every_bucket_and_window_equals_a_recomputation_from_the_raw_event
             )
         ).result_rows[0][0]
         assert index_mismatch == 0
+
+        # -- the effort-vs-CES check pairs each CES answer with the customer's effort ------
+        summary = (await ch.query(EFFORT_VS_CES.format(db=db))).result_rows[0]
+        answers = (
+            await ch.query(
+                f"SELECT customer_id, occurred_at, survey_score FROM {db}.events "
+                f"WHERE survey_metric = 'ces'"
+            )
+        ).result_rows
+        contacts = (
+            await ch.query(f"SELECT customer_id, occurred_at, points FROM {db}.effort")
+        ).result_rows
+        pairs = [
+            (
+                score,
+                min(
+                    100,
+                    sum(
+                        p for c, t, p in contacts if c == cust and at - timedelta(days=28) < t <= at
+                    ),
+                ),
+            )
+            for cust, at, score in answers
+        ]
+        assert summary[5] == len(pairs) > 20
+        if len({e for _, e in pairs}) > 1:
+            expected = statistics.correlation([s for s, _ in pairs], [float(e) for _, e in pairs])
+            assert math.isclose(summary[3], expected, rel_tol=1e-6, abs_tol=1e-9)
+        case_answers = (
+            await ch.query(
+                f"SELECT case_id, occurred_at, survey_score FROM {db}.events "
+                f"WHERE survey_metric = 'ces' AND case_id IS NOT NULL"
+            )
+        ).result_rows
+        case_contacts_ = (
+            await ch.query(f"SELECT case_id, occurred_at, points FROM {db}.effort")
+        ).result_rows
+        case_pairs = [
+            (score, sum(p for k, t, p in case_contacts_ if k == case and t <= at))
+            for case, at, score in case_answers
+        ]
+        assert summary[2] == len(case_pairs) > 20
+        expected = statistics.correlation(
+            [s for s, _ in case_pairs], [float(e) for _, e in case_pairs]
+        )
+        assert math.isclose(summary[0], expected, rel_tol=1e-6, abs_tol=1e-9)
     finally:
         w1.stop(signal.SIGTERM)
