@@ -110,6 +110,7 @@ CUSTOMER_COLUMNS: tuple[str, ...] = (
     "updated_at",
     "version",
     "deleted",
+    "answer_history",
 )
 ALIAS_COLUMNS: tuple[str, ...] = (
     "identifier_kind",

@@ -18,6 +18,7 @@ __all__ = [
     "Journey",
     "Merge",
     "OpenCase",
+    "PastAnswer",
     "Refusal",
     "Touch",
     "customer_from_json",
@@ -42,6 +43,16 @@ class Answer:
 
     score: float
     scale_max: int
+    at: int
+    event_id: str
+
+
+@dataclass(slots=True)
+class PastAnswer:
+    """A survey answer in the customer's history (newest first)."""
+
+    metric: str
+    score: float
     at: int
     event_id: str
 
@@ -73,6 +84,8 @@ class Journey:
     closed_cases: dict[str, int] = field(default_factory=dict)
     answers: dict[str, Answer] = field(default_factory=dict)
     recent: list[Touch] = field(default_factory=list)
+    #: the last answers of every metric, newest first (event time)
+    answer_history: list[PastAnswer] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -149,6 +162,10 @@ def customer_from_json(data: bytes | str) -> Customer:
         recent=[
             Touch(t["event_id"], t["at"], t["channel"], t["type"], t["case_id"])
             for t in j["recent"]
+        ],
+        answer_history=[
+            PastAnswer(a["metric"], a["score"], a["at"], a["event_id"])
+            for a in j.get("answer_history", ())
         ],
     )
     return Customer(

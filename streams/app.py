@@ -113,6 +113,7 @@ def journey_rules(settings: Settings) -> JourneyRules:
         max_recent=settings.journey_max_recent,
         max_open_cases=settings.journey_max_open_cases,
         max_closed_cases=settings.journey_max_closed_cases,
+        max_answers=settings.journey_max_answers,
     )
 
 

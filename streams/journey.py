@@ -2,7 +2,8 @@
 
 Every update is by event time and commutes: applying the same touches in any order,
 or combining two journeys in either direction, gives the same first and last seen,
-counts per channel, stage, latest answers, recent touches, closed cases and set of
+counts per channel, stage, latest answers and their history, recent touches, closed
+cases and set of
 open cases with their last contact (up to the size bounds, which keep the most recent
 entries). That is what lets two customers' journeys be combined on a merge, and late
 events land where they belong. One exception: a case contacted again after it was
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from schemas.customer import Answer, Journey, OpenCase, Touch
+from schemas.customer import Answer, Journey, OpenCase, PastAnswer, Touch
 
 __all__ = [
     "DEFAULT_CASE_CLOSING_TYPES",
@@ -95,6 +96,7 @@ class JourneyRules:
     max_recent: int = 20
     max_open_cases: int = 20
     max_closed_cases: int = 50
+    max_answers: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,10 @@ def apply(journey: Journey, touch: TouchFacts, rules: JourneyRules) -> None:
             journey,
             touch.survey_metric,
             Answer(touch.survey_score, touch.survey_scale_max or 0, touch.at, touch.event_id),
+        )
+        _remember_answers(
+            journey,
+            [PastAnswer(touch.survey_metric, touch.survey_score, touch.at, touch.event_id)],
         )
     _remember_one(
         journey, Touch(touch.event_id, touch.at, touch.channel, touch.type, touch.case_id)
@@ -165,14 +171,15 @@ def combine(into: Journey, other: Journey, rules: JourneyRules) -> None:
     for metric, answer in other.answers.items():
         _answer(into, metric, answer)
     _remember(into, other.recent)
+    _remember_answers(into, other.answer_history)
     _bound(into, rules)
 
 
 def compact(journey: Journey) -> None:
     """Drop what an idle customer does not need in hot state (ClickHouse keeps it all).
 
-    Counts, stage, latest answers and open cases stay; the recent touches and the
-    memory of closed cases go.
+    Counts, stage, latest answers and their history, and open cases stay; the recent
+    touches and the memory of closed cases go.
     """
     journey.recent = []
     journey.closed_cases = {}
@@ -220,6 +227,17 @@ def _remember(journey: Journey, touches: list[Touch]) -> None:
         journey.recent = merged
 
 
+def _remember_answers(journey: Journey, answers: list[PastAnswer]) -> None:
+    seen = {a.event_id for a in journey.answer_history}
+    fresh = [
+        PastAnswer(a.metric, a.score, a.at, a.event_id) for a in answers if a.event_id not in seen
+    ]
+    if fresh:
+        merged = journey.answer_history + fresh
+        merged.sort(key=lambda a: (a.at, a.event_id), reverse=True)
+        journey.answer_history = merged
+
+
 def _remember_one(journey: Journey, touch: Touch) -> None:
     """:func:`_remember` for one touch: recent touches are kept newest first."""
     recent = journey.recent
@@ -238,6 +256,8 @@ def _remember_one(journey: Journey, touch: Touch) -> None:
 def _bound(journey: Journey, rules: JourneyRules) -> None:
     if len(journey.recent) > rules.max_recent:
         del journey.recent[rules.max_recent :]
+    if len(journey.answer_history) > rules.max_answers:
+        del journey.answer_history[rules.max_answers :]
     if len(journey.open_cases) > rules.max_open_cases:
         keep = sorted(journey.open_cases.items(), key=lambda kv: (kv[1].last_at, kv[0]))
         journey.open_cases = dict(keep[len(keep) - rules.max_open_cases :])

@@ -182,6 +182,7 @@ class Settings(BaseSettings):
     journey_max_recent: int = Field(20, ge=0, description="touchpoints kept per customer")
     journey_max_open_cases: int = Field(20, ge=1)
     journey_max_closed_cases: int = Field(50, ge=0)
+    journey_max_answers: int = Field(20, ge=0, description="survey answers kept per customer")
     journey_idle_s: float = Field(
         90 * 86400.0,
         gt=0,

@@ -35,7 +35,7 @@ from streams.journey import (
 )
 
 #: bounds no test reaches: only the rules of the updates matter
-ROOMY = JourneyRules(max_recent=1000, max_open_cases=1000, max_closed_cases=1000)
+ROOMY = JourneyRules(max_recent=1000, max_open_cases=1000, max_closed_cases=1000, max_answers=1000)
 TYPES = (
     "page_view",
     "search",
@@ -101,6 +101,7 @@ def order_independent(journey: Journey) -> dict[str, Any]:
         "answers": journey.answers,
         "recent": journey.recent,
         "open_cases": {k: case.last_at for k, case in journey.open_cases.items()},
+        "answer_history": journey.answer_history,
     }
 
 
@@ -137,6 +138,14 @@ def expected(touches: list[TouchFacts]) -> dict[str, Any]:
         "answers": answers,
         "recent": sorted(((t.at, t.event_id) for t in touches), reverse=True),
         "open_cases": open_cases,
+        "answer_history": sorted(
+            (
+                (t.at, t.event_id, t.survey_metric, t.survey_score)
+                for t in touches
+                if t.survey_metric is not None and t.survey_score is not None
+            ),
+            reverse=True,
+        ),
     }
 
 
@@ -145,6 +154,9 @@ def comparable(journey: Journey) -> dict[str, Any]:
     fields = order_independent(journey)
     fields["answers"] = {m: (a.score, a.at, a.event_id) for m, a in journey.answers.items()}
     fields["recent"] = [(t.at, t.event_id) for t in journey.recent]
+    fields["answer_history"] = [
+        (a.at, a.event_id, a.metric, a.score) for a in journey.answer_history
+    ]
     return fields
 
 
@@ -263,6 +275,7 @@ def test_bounds_hold_after_every_update_and_keep_the_most_recent_entries(
         assert len(journey.recent) <= rules.max_recent
         assert len(journey.open_cases) <= rules.max_open_cases
         assert len(journey.closed_cases) <= rules.max_closed_cases
+        assert len(journey.answer_history) <= rules.max_answers
 
     journeys = []
     for touches in sets:
@@ -278,6 +291,8 @@ def test_bounds_hold_after_every_update_and_keep_the_most_recent_entries(
     touches = sets[0] + sets[1] + sets[2]
     latest = expected(touches)
     assert [(t.at, t.event_id) for t in everything.recent] == latest["recent"][: rules.max_recent]
+    history = [(a.at, a.event_id, a.metric, a.score) for a in everything.answer_history]
+    assert history == latest["answer_history"][: rules.max_answers]
     closes = sorted(((at, k) for k, at in latest["closed_cases"].items()), reverse=True)
     assert everything.closed_cases == {k: at for at, k in closes[: rules.max_closed_cases]}
 
@@ -379,12 +394,14 @@ def test_compact_drops_only_recent_touches_and_closed_cases(
         stage_at=kept.stage_at,
         open_cases=kept.open_cases,
         answers=kept.answers,
+        answer_history=kept.answer_history,
     )
     later = [TouchFacts(f"later-{t.event_id}", *_rest(t)) for t in later]
     for touch in later:
         apply(journey, touch, ROOMY)
         apply(kept, touch, ROOMY)
-    for name in ("first_seen", "last_seen", "touchpoints", "stage", "stage_at", "answers"):
+    names = ("first_seen", "last_seen", "touchpoints", "stage", "stage_at", "answers")
+    for name in (*names, "answer_history"):
         assert getattr(journey, name) == getattr(kept, name), name
 
 

@@ -366,6 +366,24 @@ async def test_every_bucket_and_window_equals_a_recomputation_from_the_raw_event
         assert mismatched == 0
         merged = await scalar(ch, f"SELECT count() FROM {db}.identity_merges")
         assert merged > 20
+        # ... and its answer history is its latest answers, of every metric
+        history = {
+            r[0]: [tuple(a.values()) if isinstance(a, dict) else tuple(a) for a in r[1]]
+            for r in (
+                await ch.query(f"SELECT customer_id, answer_history FROM {db}.customer_360")
+            ).result_rows
+        }
+        answered: dict[str, list[tuple[Any, ...]]] = {}
+        for customer, metric, score, at, event_id in (
+            await ch.query(
+                f"SELECT customer_id, survey_metric, survey_score, occurred_at, event_id "
+                f"FROM {db}.events WHERE survey_metric IS NOT NULL"
+            )
+        ).result_rows:
+            answered.setdefault(customer, []).append((metric, score, at, event_id))
+        for customer, answers in answered.items():
+            newest = sorted(answers, key=lambda a: (a[2], a[3]), reverse=True)[:20]
+            assert history[customer] == newest, customer
 
         # -- effort: every contact's signals and points equal the definition over events --
         effort = {
