@@ -514,7 +514,8 @@ def _channel_of(document: dict[str, Any]) -> str:
 def benchmark_events(
     seed: int, count: int, customers: int, *, every_customer: bool = False
 ) -> Iterator[GeneratedMessage]:
-    """About 300-byte valid events, Zipf (exponent 1.1) over ``customers``; fast.
+    """About 300-byte valid events, Zipf (exponent 1.1) over ``customers``; fast. Every
+    fourth is a call-centre contact on a case (effort), one in 20 a survey answer.
 
     With ``every_customer`` the first ``customers`` events show each customer once (in a
     random order) and only the rest follow the Zipf law, so the state holds the whole
@@ -531,7 +532,7 @@ def benchmark_events(
     picks += rng.choices(population, cum_weights=cumulative, k=count - len(picks))
     for i, who in enumerate(picks):
         channel = channels[i % 4]
-        document = {
+        document: dict[str, Any] = {
             "event_id": f"bench-{seed}-{i:09d}",
             "occurred_at": start + i * 50,
             "type": "page_view" if channel == "web" else "interaction",
@@ -545,6 +546,17 @@ def benchmark_events(
             "context": {"region": REGIONS[who % 6], "product": PRODUCTS[who % 5]},
             "properties": {"page": f"/catalogue/item/{i % 5000}", "ab": "b" if i % 2 else "a"},
         }
+        if channel == "call_center":  # an assisted contact on a case: effort signals
+            document["type"] = "call"
+            document["case_id"] = f"case-{who}-{i // 20_000}"
+            document["interaction"] = {"wait_seconds": i % 400, "transferred": i % 7 == 0}
+            del document["properties"]
+        elif i % 20 == 0:  # one event in 20 is a survey answer: the scores
+            metric = ("nps", "csat", "ces")[(i // 20) % 3]
+            document["type"] = "survey_response"
+            low, high = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}[metric]
+            document["survey"] = {"metric": metric, "score": low + (i // 60) % (high - low + 1)}
+            del document["properties"]
         yield GeneratedMessage(
             TOPIC_PREFIX + channel, f"acc-{who:07d}".encode(), orjson.dumps(document), (), "valid"
         )
