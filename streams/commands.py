@@ -451,7 +451,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 results["b"] = run_faust_floor(kafka.bootstrap, topics, args.events, work / "faust")
                 _say(f"    {results['b'].rate:,.0f} events/s")
             if "c" in loops:
-                _say("(c) this worker: validated, stitched, journeys, into ClickHouse ...")
+                _say("(c) this worker: validated, stitched, scored, into ClickHouse ...")
                 results["c"], customers_stored = _bench_worker(
                     kafka.bootstrap, clickhouse.url, args, work
                 )
@@ -541,7 +541,7 @@ def _bench_worker(
         customers = client.query("SELECT count() FROM touchpoints.customer_360").result_rows[0][0]
     finally:
         worker.stop()
-    name = "this worker: stitched, journeys, in ClickHouse"
+    name = "this worker: stitched, scored, in ClickHouse"
     return BenchResult(name, args.events, elapsed, rss), int(customers)
 
 
