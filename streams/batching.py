@@ -18,7 +18,7 @@ message by message exactly as Faust does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import faust
@@ -113,6 +113,36 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
                     yield tp, to_message(tp, record)
                 continue
             yield tp, self._to_batch_message(tp, run, self._settle_from(tp, run))
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek every assigned partition to its committed offset, and a partition nobody
+        has committed to its beginning (with ``earliest``, the reset policy).
+
+        Faust drops records it has fetched but may not deliver (flow stopped for a
+        rebalance or recovery, the generation changed) and relies on this seek to fetch
+        them again. aiokafka's ``seek_to_committed`` moves only partitions committed
+        above offset 0 and leaves the others at their fetch position, past the dropped
+        records: on a partition without a commit (one that a worker killed before its
+        first commit held, now taken over by another) they were skipped for good. Read
+        such a partition again from its beginning, as a new consumer would; the
+        duplicate windows and the replay-safe sinks absorb what is read twice.
+        """
+        committed: Mapping[TP, int] = await super().seek_to_committed()
+        offsets: Mapping[Any, int | None] = committed
+        if any(offset is None or offset <= 0 for offset in offsets.values()):
+            thread: Any = self._thread
+            await thread.call_thread(self._rewind_uncommitted, thread._ensure_consumer(), offsets)
+        return committed
+
+    async def _rewind_uncommitted(self, consumer: Any, committed: Mapping[Any, int | None]) -> None:
+        """On the consumer's thread: partitions committed at 0 go to 0; never committed
+        ones to their beginning when the reset policy is ``earliest``."""
+        for tp, offset in committed.items():
+            if offset == 0:
+                consumer.seek(tp, 0)
+        never = [tp for tp, offset in committed.items() if offset is None or offset < 0]
+        if never and self.app.conf.consumer_auto_offset_reset == "earliest":
+            await consumer.seek_to_beginning(*never)
 
     def _settle_from(self, tp: TP, run: Sequence[Any]) -> int:
         """The first offset the batch's ack settles: just after the previous delivery.

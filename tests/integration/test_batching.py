@@ -22,18 +22,37 @@ pytestmark = pytest.mark.integration
 
 _APP = textwrap.dedent(
     """
-    import asyncio, json, os, sys
+    import asyncio, json, os, sys, time
     import faust
     from streams.batching import BatchingApp, RecordBatch
 
-    bootstrap, topic_name, group, total, skip_batch, workdir = sys.argv[1:7]
-    total, skip_batch = int(total), int(skip_batch)
+    bootstrap, topic_name, group, total, skip_batch, workdir, reseek = sys.argv[1:8]
+    total, skip_batch, reseek = int(total), int(skip_batch), reseek == "1"
     app = BatchingApp(group, broker=f"kafka://{bootstrap}", store="memory://",
                       datadir=workdir, web_enabled=False, topic_partitions=2,
                       broker_max_poll_records=100, broker_commit_interval=0.5)
     app.batched_topics = frozenset([topic_name])
     topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", acks=True)
-    seen = {"records": 0, "batches": []}
+    seen = {"records": 0, "batches": [], "started": 0.0}
+    offsets = set()
+
+    def done():
+        if len(offsets) < total:
+            return False
+        if not reseek:
+            return True
+        p = seen["batches"][0][0]
+        return sum(1 for b in seen["batches"] if b[0] == p and b[1] == 0) >= 2
+
+    def finish():
+        print("RESULT " + json.dumps(seen), flush=True)
+        os._exit(0)
+
+    @app.timer(interval=1.0)
+    async def give_up():
+        # without a redelivery nothing more arrives: report what was seen
+        if seen["batches"] and time.monotonic() - seen["started"] > 30:
+            finish()
 
     @app.agent(topic)
     async def agent(stream):
@@ -43,9 +62,15 @@ _APP = textwrap.dedent(
             index = len(seen["batches"])
             seen["batches"].append([batch.partition, batch.first_offset, batch.last_offset])
             seen["records"] += len(batch)
+            offsets.update((batch.partition, o) for o in range(batch.first_offset, batch.last_offset + 1))
             if index != skip_batch:
                 event.ack()
-            if seen["records"] >= total:
+            if index == 0:
+                seen["started"] = time.monotonic()
+            if index == 0 and reseek:
+                # what Faust does after dropping fetched records: seek to committed
+                await app.consumer.perform_seek()
+            if done() or (reseek and seen["records"] >= 3 * total):
                 await asyncio.sleep(2.0)  # two commit intervals
                 await app.consumer.commit()
                 print("RESULT " + json.dumps(seen), flush=True)
@@ -83,7 +108,15 @@ async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int | 
         await consumer.stop()
 
 
-def _run_app(tmp_path: Path, bootstrap: str, topic: str, group: str, total: int, skip: int) -> dict:
+def _run_app(
+    tmp_path: Path,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    total: int,
+    skip: int,
+    reseek: bool = False,
+) -> dict:
     script = tmp_path / "app.py"
     script.write_text(_APP)
     proc = subprocess.run(
@@ -96,6 +129,7 @@ def _run_app(tmp_path: Path, bootstrap: str, topic: str, group: str, total: int,
             str(total),
             str(skip),
             str(tmp_path),
+            "1" if reseek else "0",
         ],
         capture_output=True,
         text=True,
@@ -133,3 +167,19 @@ async def test_commit_never_passes_a_batch_that_was_not_acked(
     committed = await _committed(kafka_bootstrap, group, topic)
     assert committed[skipped_partition] == skipped_first
     assert committed[1 - skipped_partition] == 450
+
+
+async def test_a_seek_on_a_partition_nobody_committed_reads_it_again_from_the_start(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Faust seeks to the committed offsets after dropping records it fetched (flow
+    stopped for a rebalance or recovery). A partition without a commit must go back to
+    its beginning, or the dropped records are skipped for good."""
+    topic, group = f"touchpoints.batch_{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    await _produce(kafka_bootstrap, topic, per_partition=450)
+
+    seen = await asyncio.to_thread(_run_app, tmp_path, kafka_bootstrap, topic, group, 900, -1, True)
+
+    partition = seen["batches"][0][0]
+    starts = [b for b in seen["batches"] if b[0] == partition and b[1] == 0]
+    assert len(starts) >= 2, seen["batches"][:10]
