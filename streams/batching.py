@@ -82,6 +82,13 @@ class RecordBatch:
 class _BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, yielding one message per run for batched topics."""
 
+    #: Per batched partition: the consumer generation and the last offset delivered in it.
+    _delivered: dict[TP, tuple[int, int]]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._delivered = {}
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, faust.types.Message]]:
         is_batched: Callable[[str], bool] = getattr(self.app, "is_batched_topic", _never)
         records, active_partitions = await self._wait_next_records(timeout)
@@ -112,7 +119,32 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
                 for record in run:
                     yield tp, to_message(tp, record)
                 continue
-            yield tp, self._to_batch_message(tp, run, self._settle_from(tp, run))
+            fresh = self._undelivered(tp, run, generation_id)
+            if not fresh:
+                continue
+            self._delivered[tp] = (generation_id, int(fresh[-1].offset))
+            yield tp, self._to_batch_message(tp, fresh, self._settle_from(tp, fresh))
+
+    def _undelivered(self, tp: TP, run: Sequence[Any], generation_id: int) -> Sequence[Any]:
+        """The records of ``run`` not yet delivered in this consumer generation.
+
+        Faust resumes the flow before it seeks the stream partitions to their committed
+        offsets after a recovery; a run fetched in between is delivered, and fetched
+        again after the seek. Its drain loop lets the second copy through (it accepts
+        an offset equal to the read offset, which the seek sets to the committed one),
+        so every record would be processed twice. Within one generation a delivered
+        batch reaches its agent; a new generation drops what was delivered and not
+        processed, so the guard holds only within the generation it was set in.
+        """
+        delivered = self._delivered.get(tp)
+        if delivered is None or delivered[0] != generation_id:
+            return run
+        last = delivered[1]
+        if int(run[-1].offset) <= last:
+            return ()
+        if int(run[0].offset) > last:
+            return run
+        return [r for r in run if int(r.offset) > last]
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek every assigned partition to its committed offset, and a partition nobody
@@ -125,10 +157,16 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
         records: on a partition without a commit (one that a worker killed before its
         first commit held, now taken over by another) they were skipped for good. Read
         such a partition again from its beginning, as a new consumer would; the
-        duplicate windows and the replay-safe sinks absorb what is read twice.
+        duplicate windows and the replay-safe sinks absorb what is read twice. Table
+        changelogs are left alone: Faust positions them from their stores' offsets.
         """
         committed: Mapping[TP, int] = await super().seek_to_committed()
-        offsets: Mapping[Any, int | None] = committed
+        # only the topics read in batches (inputs, stitch): table changelogs are
+        # positioned by Faust's recovery from the offsets their stores keep
+        is_batched: Callable[[str], bool] = getattr(self.app, "is_batched_topic", _never)
+        offsets: Mapping[Any, int | None] = {
+            tp: offset for tp, offset in committed.items() if is_batched(tp.topic)
+        }
         if any(offset is None or offset <= 0 for offset in offsets.values()):
             thread: Any = self._thread
             await thread.call_thread(self._rewind_uncommitted, thread._ensure_consumer(), offsets)
