@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ from streams.identity import Stitcher, node_key
 from streams.ingest import triage
 from streams.journey import compact
 from streams.scores import Watermarks
-from streams.state import write_through
+from streams.state import send_changelog, write_local
 from streams.stitching import chunk_rows, stitch_rows
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ STITCH_RECORD_BYTES = 512 * 1024
 EFFORT_VERSION_KEY = "w/effort_version"
 #: Identity-table key of the input partitions' watermarks.
 WATERMARKS_KEY = "w/event_time"
+#: How long a revocation waits for the stitch agent's outstanding changelog sends.
+REVOKE_DRAIN_S = 20.0
 #: Customers looked at per compaction tick.
 COMPACT_SLICE = 2000
 
@@ -153,7 +155,7 @@ def register_agents(worker: Worker) -> None:
                     except Exception:  # the store changed under the scan (rebalance)
                         logger.exception("compaction scan interrupted; starting over")
                         compaction = None
-                await _persist(identity, stitcher)
+                _write_state(worker, stitcher)
             await _stitch_segment(worker, sink, segment, batch, event.ack)
             metrics.stitch_lag.set(time.perf_counter() - started)
 
@@ -169,6 +171,17 @@ def register_agents(worker: Worker) -> None:
         """A partition that moves to another worker takes its duplicate window along."""
         window.forget({tp.partition for tp in revoked if tp.topic in worker.input_topic.topics})
         if any(tp.topic == worker.stitch_topic_name for tp in revoked):
+            chain = worker.state_chain
+            if chain is not None and not chain.done():
+                # the local store is ahead of the changelog until the batches' rows are
+                # stored and their sends go out: let them, so that the store matches the
+                # changelog if the partition comes back
+                _done, pending = await asyncio.wait([chain], timeout=REVOKE_DRAIN_S)
+                if pending:
+                    logger.warning(
+                        "stitch partition revoked with %d batches not yet in the changelog",
+                        worker.unsent_state,
+                    )
             worker.stitch_window.forget([0])
             worker.watermarks = None
             worker.effort_version = None
@@ -238,7 +251,8 @@ async def _stitch_segment(
     if watermarks.changed:
         window_items.append((WATERMARKS_KEY, orjson.dumps(watermarks.marks)))
         watermarks.changed = False
-    await _persist(identity, stitcher, window_items)
+    rows_stored = asyncio.Event()
+    _write_state(worker, stitcher, window_items, after=rows_stored, then=on_stored)
     worker.rolling.add(out.on_time)
     worker.rolling.prune()
     metrics.late.inc(out.late)
@@ -263,7 +277,7 @@ async def _stitch_segment(
     first = records[0][0] if records else batch.last_offset
     # the token names this attempt: a replay must replace the record's scores row, and
     # the events rows written with it, never be dropped as a repeat of an earlier insert
-    await sink.add(out.rows, on_stored=on_stored, token=f"stitch:{first}-{last}@{now_ms}")
+    await sink.add(out.rows, on_stored=rows_stored.set, token=f"stitch:{first}-{last}@{now_ms}")
 
 
 async def _ack_when_durable(
@@ -306,12 +320,27 @@ def _read_customer(identity: Any, customer_id: str) -> Any:
     return None if value is None else customer_from_json(value)
 
 
-async def _persist(
-    identity: Any, stitcher: Stitcher, extra: Sequence[tuple[str, bytes | None]] = ()
-) -> None:
-    """Write the batch's changes in replay-safe order (live customers, identifier nodes,
-    deleted customers), then ``extra`` (the duplicate window's chunk), as one batched
-    table write."""
+def _write_state(
+    worker: Worker,
+    stitcher: Stitcher,
+    extra: Sequence[tuple[str, bytes | None]] = (),
+    *,
+    after: asyncio.Event | None = None,
+    then: Callable[[], None] = _no_op,
+) -> asyncio.Task[None]:
+    """Write a batch's state changes to the local store now, and to the changelog once
+    ``after`` is set (the batch's rows are stored in ClickHouse) and every earlier
+    batch's changes are sent; then call ``then`` (the ack).
+
+    Changes go in replay-safe order (live customers, identifier nodes, deleted
+    customers), then ``extra`` (cases, the duplicate window's chunk, watermarks). A
+    worker that dies before its rows are stored has sent nothing: whoever takes the
+    partition over replays the batch from the state before it and writes every row
+    again (merges and refusals included), instead of finding the batch applied and its
+    rows lost. The local store is ahead of the changelog meanwhile, which
+    ``worker.unsent_state`` counts: a revocation waits for it to drain, and a stop
+    that leaves it above zero has the local state rebuilt (``streams.app.clean_run``).
+    """
     changes = stitcher.changes()
     live = [(k, c) for k, c in changes.customers.items() if c is not None]
     items: list[tuple[str, bytes | None]] = [
@@ -323,7 +352,27 @@ async def _persist(
     ]
     items += [(f"c/{k}", None) for k, c in changes.customers.items() if c is None]
     items += extra
-    await write_through(identity, 0, items)
+    identity = worker.identity_table
+    encoded = write_local(identity, 0, items)
+    previous = worker.state_chain
+    worker.unsent_state += 1
+
+    async def send() -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        if after is not None:
+            await after.wait()
+        try:
+            await send_changelog(identity, 0, encoded)
+        except Exception as exc:  # committing after this would lose the state change
+            logger.critical("writing the identity changelog failed, stopping: %s", exc)
+            await worker.app.crash(exc)
+            return
+        worker.unsent_state -= 1
+        then()
+
+    worker.state_chain = task = worker.spawn(send())
+    return task
 
 
 def _compact_slice(
@@ -354,7 +403,8 @@ async def _erase(
     customer = stitcher.customer(owner) if owner else None
     ids = [owner, *customer.absorbed] if owner and customer else []
     removed = stitcher.forget(owner) if owner else []
-    await _persist(worker.identity_table, stitcher)  # tombstones before the rows are deleted
+    # tombstones (after every earlier change) before the rows are deleted
+    await _write_state(worker, stitcher)
     if ids:
         await sink.erase(ids)
     done = asyncio.Event()

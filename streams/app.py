@@ -71,8 +71,10 @@ def ingest_rules(settings: Settings) -> IngestRules:
 def clean_run(worker: Worker) -> Iterator[None]:
     """Mark the local state as in use while the worker runs; rebuild it after a crash.
 
-    RocksDB takes a table write at once while its changelog record is sent a moment
-    later, so a worker killed in between keeps local writes its changelog never saw.
+    RocksDB takes a table write at once while its changelog records are sent later (the
+    stitch agent sends them once the batch's rows are stored), so a worker killed in
+    between, or stopped with sends outstanding, keeps local writes its changelog never
+    saw.
     After such an unclean stop the identity table's local files are removed and Faust
     restores them from the changelog, which is the truth every other worker shares.
     """
@@ -92,7 +94,14 @@ def clean_run(worker: Worker) -> Iterator[None]:
     try:
         yield
     finally:
-        marker.unlink(missing_ok=True)
+        if worker.unsent_state:
+            logger.warning(
+                "stopping with %d stitch batches not yet in the changelog: the identity "
+                "state will be rebuilt from the changelog at the next start",
+                worker.unsent_state,
+            )
+        else:
+            marker.unlink(missing_ok=True)
 
 
 def identity_rules(settings: Settings) -> IdentityRules:
@@ -175,6 +184,10 @@ class Worker:
     watermarks: Watermarks | None = None
     #: the stream's own rolling view of the scores (on-time answers only)
     rolling: Rolling = field(default_factory=lambda: Rolling(60_000, ROLLING_HORIZON_MS))
+    #: the last identity changelog send of the stitch agent (sends go out in order)
+    state_chain: asyncio.Task[None] | None = None
+    #: stitch batches written locally whose changelog records are not sent yet
+    unsent_state: int = 0
     sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
     sink: ClickHouseSink | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)

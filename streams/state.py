@@ -4,7 +4,9 @@ A Faust table write (``table[key] = value``) stores the value and sends one chan
 record through Faust's producer buffer with a callback per record; that costs about as
 much as stitching the event itself. The stitch agent writes every key a batch touched,
 so it writes them together: the values go to the table's RocksDB store in one write
-batch and to the table's changelog as a few Kafka record batches.
+batch (:func:`write_local`) and to the table's changelog as a few Kafka record batches
+(:func:`send_changelog`). The two steps are apart so that the caller can hold the
+changelog back until what the batch produced elsewhere is durable.
 
 What a reader, a restart and a rebalance see is what Faust's own writes would give:
 
@@ -26,20 +28,18 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["write_through"]
+__all__ = ["send_changelog", "write_local"]
 
 logger = logging.getLogger(__name__)
 _crashing: set[asyncio.Future[Any]] = set()
 
 
-async def write_through(
+def write_local(
     table: Any, partition: int, items: Sequence[tuple[str, bytes | None]]
-) -> list[asyncio.Future[Any]]:
-    """Set (or delete, for ``None``) each key of ``table`` partition ``partition``, in order.
-
-    Returns the futures of the changelog batches; the caller may wait for them, and
-    Faust waits for them before its next offset commit either way.
-    """
+) -> list[tuple[bytes, bytes | None]]:
+    """Write the keys to the table's local store now, in one RocksDB write batch, and
+    return the encoded records :func:`send_changelog` must still send (none for the
+    memory store, whose writes go through Faust with their changelog records)."""
     if not items:
         return []
     store = table.data
@@ -50,11 +50,10 @@ async def write_through(
             else:
                 table[key] = value
         return []
+
     import rocksdict
 
     db = store._db_for_partition(partition)
-    producer = table.app.producer._ensure_producer()  # the aiokafka producer Faust flushes
-    topic = table.changelog_topic.get_topic_name()
     encoded = []
     writes = rocksdict.WriteBatch(raw_mode=True)
     for key, value in items:
@@ -67,6 +66,19 @@ async def write_through(
             store._key_index[key_bytes] = partition
         encoded.append((key_bytes, value_bytes))
     db.write(writes)
+    return encoded
+
+
+async def send_changelog(
+    table: Any, partition: int, encoded: Sequence[tuple[bytes, bytes | None]]
+) -> list[asyncio.Future[Any]]:
+    """Send records :func:`write_local` wrote to the table's changelog, as few Kafka
+    record batches as fit, through the producer Faust flushes before every commit."""
+    if not encoded:
+        return []
+    store = table.data
+    producer = table.app.producer._ensure_producer()  # the aiokafka producer Faust flushes
+    topic = table.changelog_topic.get_topic_name()
     sends: list[asyncio.Future[Any]] = []
     batch = producer.create_batch()
     for key_bytes, value_bytes in encoded:
