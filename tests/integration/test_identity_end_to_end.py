@@ -87,8 +87,9 @@ def shared_tablet_events(households: int) -> list[dict[str, Any]]:
     return events
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 async def test_two_workers_and_a_restart_stitch_exactly_the_connected_components(
-    stack: Stack, ch: Any
+    stack: Stack, ch: Any, stop: signal.Signals
 ) -> None:
     rng = random.Random(7)
     free = free_people_events(rng, 300)
@@ -111,7 +112,7 @@ async def test_two_workers_and_a_restart_stitch_exactly_the_connected_components
             return bool(await scalar(ch, f"SELECT count() FROM {db}.events_store") > half // 4)
 
         await wait_for(some_stitched, w1, what="the first events to be stitched")
-        w1.stop(signal.SIGTERM)  # restarted mid-stream
+        w1.stop(stop)  # restarted mid-stream: a rolling deploy, or a crash
         await produce(stack.bootstrap, messages[half:], "zstd")
         w1 = stack.start_worker("w1-again", state=stack.tmp / "w1")
 
