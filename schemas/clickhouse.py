@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 __all__ = [
+    "ALERT_COLUMNS",
+    "ALERT_DELIVERY_COLUMNS",
     "ALIAS_COLUMNS",
     "CUSTOMER_COLUMNS",
     "DEAD_LETTER_COLUMNS",
@@ -186,6 +188,31 @@ EFFORT_COLUMNS: tuple[str, ...] = (
     "version",
 )
 
+#: Insert column order of ``alerts_store``: one row per alert (a replay writes it again).
+ALERT_COLUMNS: tuple[str, ...] = (
+    "alert_id",
+    "type",
+    "subject",
+    "customer_id",
+    "segments",
+    "fired_at",
+    "payload",
+    "endpoints",
+    "version",
+)
+
+#: Insert column order of ``alert_deliveries_store``: one row per alert, endpoint, outcome.
+ALERT_DELIVERY_COLUMNS: tuple[str, ...] = (
+    "alert_id",
+    "endpoint",
+    "status",
+    "attempts",
+    "last_status",
+    "last_error",
+    "updated_at",
+    "version",
+)
+
 #: Every table the sinks insert into, with its column order, in insert order.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "events_store": EVENT_COLUMNS,
@@ -198,6 +225,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "erasures_store": ERASURE_COLUMNS,
     "scores_store": SCORE_COLUMNS,
     "effort_store": EFFORT_COLUMNS,
+    "alerts_store": ALERT_COLUMNS,
+    "alert_deliveries_store": ALERT_DELIVERY_COLUMNS,
 }
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from schemas.alert_rules import AlertRules
 from streams.effort import DEFAULT_ASSISTED_CHANNELS
 from streams.identity import DEFAULT_LIMITS, DEFAULT_PRIORITY, DEFAULT_UNIQUE_KINDS
 from streams.journey import DEFAULT_CASE_CLOSING_TYPES, DEFAULT_STAGES
@@ -228,6 +229,13 @@ class Settings(BaseSettings):
         "still counts them in their bucket)",
     )
 
+    # --- Alerts ------------------------------------------------------------------------
+    alerts: AlertRules = Field(
+        default=AlertRules(),
+        description="alert rules and webhook endpoints ([alerts] in the config file, or "
+        "JSON); each endpoint's secret comes from TOUCHPOINT_WEBHOOK_SECRET_<NAME>",
+    )
+
     # --- ClickHouse sink batching ------------------------------------------------------
     sink_batch_rows: int = Field(20_000, ge=1, description="insert when this many rows wait")
     sink_linger_s: float = Field(0.5, ge=0, description="insert at the latest this long after")
@@ -289,6 +297,17 @@ class Settings(BaseSettings):
                     "TOUCHPOINT_PSEUDONYMISE_IDENTIFIERS needs TOUCHPOINT_PSEUDONYM_KEY "
                     "(at least 16 characters, from a secret store)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _alert_segments_known(self) -> Settings:
+        known = {"all", "channel", "journey_stage", *self.score_segments}
+        unknown = sorted(set(self.alerts.score_drop.segments) - known)
+        if unknown:
+            raise ValueError(
+                f"alerts.score_drop.segments {unknown} are not segments of the scores; "
+                f"choose from {sorted(known)} (TOUCHPOINT_SCORE_SEGMENTS adds dimensions)"
+            )
         return self
 
     @model_validator(mode="after")
