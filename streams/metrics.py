@@ -114,6 +114,34 @@ class WorkerMetrics:
         self.stitch_lag = Gauge(
             "touchpoint_stitch_batch_seconds", "Time to stitch the last stitch record", registry=r
         )
+        self.alerts_fired = Counter(
+            "touchpoint_alerts_fired", "Alerts fired by the stitch agent", ["type"], registry=r
+        )
+        self.alert_deliveries = Counter(
+            "touchpoint_alert_deliveries",
+            "Alert deliveries settled, by endpoint and outcome (delivered, dead)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.alert_attempts = Counter(
+            "touchpoint_alert_attempts",
+            "Webhook requests, by endpoint and result (2xx, 4xx, 5xx, 429, timeout, error)",
+            ["endpoint", "result"],
+            registry=r,
+        )
+        self.alert_queue = Gauge(
+            "touchpoint_alert_queue",
+            "Alerts waiting for, or in delivery to, an endpoint (back-pressure)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.alert_latency = Histogram(
+            "touchpoint_alert_delivery_seconds",
+            "From the alert firing to the endpoint's 2xx answer",
+            ["endpoint"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
         self._totals = Tally[str]()
 
     def count_batch(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import pytest
 
+from sinks.migrations import migrate
 from streams.embedded.clickhouse import EmbeddedClickHouse
 
-__all__ = ["clickhouse_database", "clickhouse_server"]
+__all__ = ["clickhouse_client", "clickhouse_database", "clickhouse_server"]
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +33,16 @@ def clickhouse_database(clickhouse_server: EmbeddedClickHouse) -> Iterator[str]:
     yield name
     client.command(f"DROP DATABASE IF EXISTS {name}")
     client.close()
+
+
+@pytest.fixture
+async def clickhouse_client(
+    clickhouse_server: EmbeddedClickHouse, clickhouse_database: str
+) -> AsyncIterator[Any]:
+    """An async client of the server, with the schema migrated in the test's database."""
+    client = await clickhouse_connect.get_async_client(
+        dsn=clickhouse_server.url, autogenerate_session_id=False
+    )
+    await migrate(client, clickhouse_database)
+    yield client
+    await client.close()

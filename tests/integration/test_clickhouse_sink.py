@@ -7,11 +7,9 @@ DDL describe the same fields.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import clickhouse_connect
 import orjson
 import pytest
 
@@ -79,19 +77,15 @@ CONTRACT_VIEWS: dict[str, set[str]] = {
     },
     "customer_aliases": {"identifier_kind", "identifier_value", "customer_id", "updated_at"},
     "identity_merges": {"merged_from", "merged_into", "reason", "at"},
+    "alerts": {"alert_id", "type", "subject", "fired_at", "payload", "delivery_status"},
 }  # fmt: skip
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def client(clickhouse_server: Any, clickhouse_database: str) -> AsyncIterator[Any]:
-    ch = await clickhouse_connect.get_async_client(
-        dsn=clickhouse_server.url, autogenerate_session_id=False
-    )
-    await migrate(ch, clickhouse_database)
-    yield ch
-    await ch.close()
+def client(clickhouse_client: Any) -> Any:
+    return clickhouse_client
 
 
 def _event(event_id: str, offset: int, **extra: Any) -> IngestedEvent:
