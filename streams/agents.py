@@ -36,8 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from schemas.alerts import Alert
 from schemas.customer import customer_from_json, customer_to_json
+from sinks.alerts import alert_row
 from sinks.rows import dead_letter_row, event_row
+from streams.alerts import DropDetector, detractor_alert, effort_spike_alert
 from streams.batching import RecordBatch
 from streams.dedup import Chunk
 from streams.effort import CaseBook
@@ -46,7 +49,7 @@ from streams.ingest import triage
 from streams.journey import compact
 from streams.scores import Watermarks
 from streams.state import send_changelog, write_local
-from streams.stitching import chunk_rows, stitch_rows
+from streams.stitching import chunk_rows, stitch_rows, survey_answers, touched_cases
 
 if TYPE_CHECKING:
     from streams.app import Worker
@@ -61,6 +64,14 @@ STITCH_RECORD_BYTES = 512 * 1024
 EFFORT_VERSION_KEY = "w/effort_version"
 #: Identity-table key of the input partitions' watermarks.
 WATERMARKS_KEY = "w/event_time"
+#: Identity-table key of the score-drop detector's states (hysteresis, cooldowns).
+ALERT_STATE_KEY = "w/alert_state"
+#: How long a revocation of alerts partitions waits for their deliveries to settle.
+ALERT_REVOKE_WAIT_S = 10.0
+#: How often (wall clock, seconds) every series of the rolling view is checked for drops.
+FULL_DROP_CHECK_S = 60.0
+#: Customer alert ids the stitch agent remembers having sent (repeats are not resent).
+ALERT_MEMORY = 100_000
 #: How long a revocation waits for the stitch agent's outstanding changelog sends.
 REVOKE_DRAIN_S = 20.0
 #: Customers looked at per compaction tick.
@@ -159,6 +170,47 @@ def register_agents(worker: Worker) -> None:
             await _stitch_segment(worker, sink, segment, batch, event.ack)
             metrics.stitch_lag.set(time.perf_counter() - started)
 
+    @app.agent(worker.alerts_topic, name="alerts", concurrency=1)
+    async def deliver_alerts(stream: Any) -> None:
+        """Store every alert in ClickHouse and deliver it to the endpoints that take it;
+        an alert is acked once it is stored and every delivery is settled."""
+        sink = await worker.wait_for_sink()
+        deliverer, _ledger = await worker.wait_for_delivery()
+        logger.info("alert delivery agent running")
+        async for event in stream.noack().events():
+            message = event.message
+            try:
+                alert = Alert.from_json(event.value)
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.error(
+                    "not an alert at %s[%d]@%d, skipped: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+                event.ack()
+                continue
+            endpoints = deliverer.matching(alert)
+            stored = asyncio.Event()
+            now_ms = int(time.time() * 1000)
+            await sink.add(
+                {"alerts_store": [alert_row(alert, endpoints, now_ms)]},
+                on_stored=stored.set,
+                token=f"alert:{alert.id}@{now_ms}",
+            )
+            settled = deliverer.submit(alert)
+            in_flight = worker.alerts_in_flight.setdefault(message.partition, {})
+            in_flight[alert.id] = settled
+            worker.spawn(_ack_alert(event, stored, settled, in_flight, alert.id))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def reload_ledger(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """A worker that gets alerts partitions reads what the others settled."""
+        if any(tp.topic == settings.alerts_topic for tp in assigned) and worker.ledger:
+            settled = await worker.ledger.load(worker.clickhouse)
+            logger.info("alert ledger reloaded: %d settled deliveries", settled)
+
     @app.timer(interval=settings.journey_compact_interval_s)  # type: ignore[untyped-decorator]
     async def request_compaction() -> None:
         """Ask the stitch agent to look at the next slice of customers for idleness."""
@@ -170,6 +222,16 @@ def register_agents(worker: Worker) -> None:
     async def forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         """A partition that moves to another worker takes its duplicate window along."""
         window.forget({tp.partition for tp in revoked if tp.topic in worker.input_topic.topics})
+        leaving = [
+            future
+            for tp in revoked
+            if tp.topic == settings.alerts_topic
+            for future in worker.alerts_in_flight.pop(tp.partition, {}).values()
+        ]
+        if leaving and worker.deliverer is not None:
+            # the next owner sends what is not settled: stop retrying, let requests end
+            _done, pending = await asyncio.wait(leaving, timeout=ALERT_REVOKE_WAIT_S)
+            worker.deliverer.abandon(pending)
         if any(tp.topic == worker.stitch_topic_name for tp in revoked):
             chain = worker.state_chain
             if chain is not None and not chain.done():
@@ -186,6 +248,9 @@ def register_agents(worker: Worker) -> None:
             worker.watermarks = None
             worker.effort_version = None
             worker.rolling.clear()  # the worker that takes over keeps its own
+            worker.drop_detector = None
+            worker.alert_series.clear()
+            worker.alerts_sent.clear()
 
 
 def _no_op() -> None:
@@ -251,10 +316,20 @@ async def _stitch_segment(
     if watermarks.changed:
         window_items.append((WATERMARKS_KEY, orjson.dumps(watermarks.marks)))
         watermarks.changed = False
-    rows_stored = asyncio.Event()
-    _write_state(worker, stitcher, window_items, after=rows_stored, then=on_stored)
     worker.rolling.add(out.on_time)
     worker.rolling.prune()
+    alerts = _fire_alerts(worker, stitcher, cases, out, watermarks, now_ms)
+    detector = worker.drop_detector
+    if detector is not None and detector.changed:
+        window_items.append((ALERT_STATE_KEY, detector.to_json()))
+        detector.changed = False
+    rows_stored = asyncio.Event()
+    _write_state(worker, stitcher, window_items, after=rows_stored, then=on_stored)
+    for alert in alerts:
+        await worker.app.producer.send(
+            worker.settings.alerts_topic, alert.id.encode(), alert.to_json(), None, None, None
+        )
+        metrics.alerts_fired.labels(alert.type).inc()
     metrics.late.inc(out.late)
     low = watermarks.low()
     if low is not None:
@@ -278,6 +353,87 @@ async def _stitch_segment(
     # the token names this attempt: a replay must replace the record's scores row, and
     # the events rows written with it, never be dropped as a repeat of an earlier insert
     await sink.add(out.rows, on_stored=rows_stored.set, token=f"stitch:{first}-{last}@{now_ms}")
+
+
+def _fire_alerts(
+    worker: Worker,
+    stitcher: Stitcher,
+    cases: CaseBook,
+    out: Any,
+    watermarks: Watermarks,
+    now_ms: int,
+) -> list[Alert]:
+    """The alerts a stitched batch fires: detractor answers, cases whose effort crossed
+    the threshold, and (at most every ``evaluate_every``) significant score drops of the
+    segments that got new answers."""
+    rules = worker.settings.alerts
+    dimensions = worker.score_rules.dimensions
+    fired: list[Alert] = []
+    if rules.detractor.enabled:
+        for answer in survey_answers(out.rows["events_store"], dimensions):
+            customer = stitcher.customer(answer.customer_id)
+            points = {}
+            if customer is not None:
+                for case_id in customer.journey.open_cases:
+                    points[case_id] = sum(c.points for c in cases.contacts(case_id))
+            alert = detractor_alert(rules.detractor, answer, customer, points, now_ms)
+            if alert is not None:
+                fired.append(alert)
+    if rules.effort_spike.enabled:
+        touched = touched_cases(out.rows["effort_store"], dimensions)
+        for (customer_id, case_id), segments in touched.items():
+            alert = effort_spike_alert(
+                rules.effort_spike,
+                customer_id,
+                case_id,
+                cases.contacts(case_id),
+                segments,
+                now_ms,
+            )
+            if alert is not None:
+                fired.append(alert)
+    sent = worker.alerts_sent
+    fresh = [a for a in fired if a.id not in sent]
+    for alert in fresh:
+        sent[alert.id] = None
+    while len(sent) > ALERT_MEMORY:
+        del sent[next(iter(sent))]
+    if rules.score_drop.enabled:
+        if worker.drop_detector is None:
+            raw = worker.identity_table.get(ALERT_STATE_KEY)
+            worker.drop_detector = DropDetector.from_json(rules.score_drop, raw)
+        worker.alert_series.update((kind, value, metric) for _, kind, value, metric in out.on_time)
+        wall = time.monotonic()
+        if watermarks.marks and wall - worker.last_drop_check >= rules.score_drop.evaluate_every:
+            # windows end at the newest event time seen (one bucket on); answers still
+            # inside the grace join them at a later look
+            end = max(watermarks.marks.values()) + worker.score_rules.bucket_ms
+            worker.last_drop_check = wall
+            series, worker.alert_series = worker.alert_series, set()
+            if wall - worker.last_full_drop_check >= FULL_DROP_CHECK_S:
+                # windows move on without new answers too: look at every series now and then
+                worker.last_full_drop_check = wall
+                series |= set(worker.rolling.series)
+            fresh += worker.drop_detector.evaluate(worker.rolling, end, series, now_ms)
+    return fresh
+
+
+async def _ack_alert(
+    event: Any,
+    stored: asyncio.Event,
+    settled: asyncio.Future[Any],
+    in_flight: dict[str, asyncio.Future[Any]],
+    alert_id: str,
+) -> None:
+    try:
+        await stored.wait()
+        await settled
+    except asyncio.CancelledError:  # abandoned on revocation: the next owner sends it
+        return
+    finally:
+        if in_flight.get(alert_id) is settled:
+            del in_flight[alert_id]
+    event.ack()
 
 
 async def _ack_when_durable(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,11 @@ import clickhouse_connect
 import faust
 from mode import Service
 
+from sinks.alerts import ClickHouseLedger
 from sinks.clickhouse import ClickHouseSink
 from sinks.dead_letters import DeadLetterPublisher
+from sinks.webhooks import Deliverer
+from streams.alerts import DropDetector
 from streams.batching import BatchingApp
 from streams.dedup import DuplicateWindow
 from streams.effort import EffortRules
@@ -190,6 +193,25 @@ class Worker:
     unsent_state: int = 0
     sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
     sink: ClickHouseSink | None = None
+    #: the alerts topic, read by the delivery agent
+    alerts_topic: Any = None
+    #: HMAC keys of the webhook endpoints, by endpoint name
+    webhook_keys: Mapping[str, bytes] = field(default_factory=dict)
+    #: the score-drop detector (stitch agent), loaded from the identity table on first use
+    drop_detector: DropDetector | None = None
+    #: series of the rolling view with answers since the last drop check
+    alert_series: set[tuple[str, str, str]] = field(default_factory=set)
+    last_drop_check: float = 0.0
+    last_full_drop_check: float = 0.0
+    #: customer alerts sent recently (insertion order; the oldest are forgotten)
+    alerts_sent: dict[str, None] = field(default_factory=dict)
+    #: webhook delivery and its ledger, ready once ClickHouse is
+    deliverer: Deliverer | None = None
+    ledger: ClickHouseLedger | None = None
+    clickhouse: Any = None
+    delivery_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: alerts in delivery, by partition of the alerts topic
+    alerts_in_flight: dict[int, dict[str, asyncio.Future[Any]]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -202,6 +224,11 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def wait_for_delivery(self) -> tuple[Deliverer, ClickHouseLedger]:
+        await self.delivery_ready.wait()
+        assert self.deliverer is not None and self.ledger is not None
+        return self.deliverer, self.ledger
 
     async def wait_for_sink(self) -> ClickHouseSink:
         await self.sink_ready.wait()
@@ -220,8 +247,16 @@ class Worker:
         )
 
 
-def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
-    """Build the Faust app with its topics, table, sinks, web pages and agents."""
+def create_worker(
+    settings: Settings,
+    input_topics: tuple[str, ...],
+    webhook_keys: Mapping[str, bytes] | None = None,
+) -> Worker:
+    """Build the Faust app with its topics, table, sinks, web pages and agents.
+
+    ``webhook_keys`` are the endpoints' signing keys (``signing_keys`` reads them from
+    the environment); every configured endpoint needs one.
+    """
     app = BatchingApp(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
@@ -277,6 +312,18 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
         help="Identifiers (n/kind:value -> customer id) and customers (c/id -> JSON).",
     )
     app.topic(settings.merges_topic, key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(
+        settings.alerts_topic,
+        key_type=None,
+        value_type=None,
+        key_serializer="raw",
+        value_serializer="raw",
+        acks=True,
+    )
+    keys = dict(webhook_keys or {})
+    missing = [e.name for e in settings.alerts.endpoints if e.name not in keys]
+    if missing:
+        raise ValueError(f"no signing key for the webhook endpoints {missing}")
     worker = Worker(
         settings=settings,
         app=app,
@@ -304,6 +351,8 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
             max_contacts_per_case=settings.effort_max_contacts_per_case,
         ),
         rolling=Rolling(settings.score_bucket_s * 1000, ROLLING_HORIZON_MS),
+        alerts_topic=alerts_topic,
+        webhook_keys=keys,
     )
 
     @app.service
@@ -325,8 +374,23 @@ def create_worker(settings: Settings, input_topics: tuple[str, ...]) -> Worker:
             await worker.sink.start()
             worker.sink_ready.set()
             logger.info("ClickHouse sink ready: %s", settings.clickhouse_url)
+            worker.clickhouse = self.client
+            worker.ledger = ClickHouseLedger(worker.sink, settings.clickhouse_database)
+            settled = await worker.ledger.load(self.client)
+            worker.deliverer = Deliverer(
+                settings.alerts, worker.webhook_keys, worker.ledger, worker.metrics
+            )
+            await worker.deliverer.start()
+            worker.delivery_ready.set()
+            logger.info(
+                "alert delivery ready: %d endpoints, %d settled deliveries in the ledger",
+                len(settings.alerts.endpoints),
+                settled,
+            )
 
         async def on_stop(self) -> None:
+            if worker.deliverer is not None:
+                await worker.deliverer.stop()
             if worker.sink is not None:
                 await worker.sink.stop()
             if self.client is not None:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -55,6 +56,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     from faust import Worker as FaustWorker
 
+    from schemas.alert_rules import signing_keys
+
+    try:
+        keys = signing_keys(settings.alerts, os.environ)
+    except ValueError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
+
     from streams.app import clean_run, create_worker
     from streams.topics import discover_input_topics, ensure_stitch_topic, ensure_topics
 
@@ -85,7 +93,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logger.info(
         "reading %d input topics: %s", len(topics), ", ".join(topics) or "(none yet; discovering)"
     )
-    worker = create_worker(settings, topics)
+    worker = create_worker(settings, topics, keys)
     faust_worker = FaustWorker(
         worker.app,
         loglevel=settings.log_level,

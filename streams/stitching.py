@@ -24,6 +24,7 @@ from sinks.rows import (
     redirect_rows,
     refusal_row,
 )
+from streams.alerts import AnswerFacts
 from streams.dedup import DuplicateWindow
 from streams.effort import CaseBook, Contact, is_contact
 from streams.identity import Stitcher
@@ -301,3 +302,42 @@ def chunk_rows(encoded: Sequence[bytes], max_bytes: int) -> list[bytes]:
     if current:
         chunks.append(b"[" + b",".join(current) + b"]")
     return chunks
+
+
+def survey_answers(rows: Sequence[Sequence[Any]], dimensions: Sequence[str]) -> list[AnswerFacts]:
+    """The survey answers among stitched ``events_store`` rows, with their customers."""
+    out = []
+    for row in rows:
+        if row[_METRIC] is None or row[_SCORE] is None:
+            continue
+        out.append(
+            AnswerFacts(
+                row[_EVENT_ID],
+                row[CUSTOMER_ID_COLUMN],
+                row[_OCCURRED_AT],
+                row[_CHANNEL],
+                row[_METRIC],
+                float(row[_SCORE]),
+                row[_SCALE],
+                segments_of(row[_CHANNEL], row[_STAGE], row[_CONTEXT], dimensions),
+            )
+        )
+    return out
+
+
+def touched_cases(
+    effort_rows: Sequence[Sequence[Any]], dimensions: Sequence[str]
+) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    """(customer, case) of every ``effort_store`` row with a case, and the segments of
+    its newest contact in the rows."""
+    out: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+    newest: dict[tuple[str, str], int] = {}
+    for row in effort_rows:
+        _event_id, at, customer_id, case_id, channel, stage, context = row[:7]
+        if case_id is None:
+            continue
+        key = (customer_id, case_id)
+        if at >= newest.get(key, at):
+            newest[key] = at
+            out[key] = segments_of(channel, stage, context, dimensions)
+    return out

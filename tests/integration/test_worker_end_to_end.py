@@ -92,6 +92,8 @@ def stack(
         "TOUCHPOINT_TOPIC_PARTITIONS": str(PARTITIONS),
         "TOUCHPOINT_TOPIC_PATTERN": rf"^touchpoints\.{app_id.replace('-', '_')}_[a-z0-9_]+$",
         "TOUCHPOINT_DLQ_TOPIC": f"touchpoints.{app_id}-dlq",
+        "TOUCHPOINT_ALERTS_TOPIC": f"touchpoints.{app_id}-alerts",
+        "TOUCHPOINT_MERGES_TOPIC": f"touchpoints.{app_id}-merges",
         "TOUCHPOINT_TOPIC_DISCOVERY_INTERVAL_S": "2",
         "TOUCHPOINT_SINK_LINGER_S": "0.2",
         "TOUCHPOINT_COMMIT_INTERVAL_S": "0.5",

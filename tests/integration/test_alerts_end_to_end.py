@@ -1,0 +1,167 @@
+"""Alerts end to end: the worker on the real broker and ClickHouse fires them, writes them
+to the alerts topic and ClickHouse, and delivers them, signed, to a real HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tests.integration.test_worker_end_to_end import (
+    Stack,
+    ch,
+    channel_topic,
+    create_topics,
+    event,
+    produce,
+    scalar,
+    stack,
+    started,
+    wait_for,
+)
+from tests.standard_webhooks import verify
+from tests.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.integration
+__all__ = ["ch", "stack"]  # fixtures used by name
+
+SECRET = "whsec_" + base64.b64encode(b"end-to-end-signing-key-0123456789").decode()
+MINUTE = 60_000
+#: web's NPS falls in the last hour; chat's answers are the same multiset before and after
+BASELINE_WEB = [10, 9, 10, 8, 9, 10, 7, 10]
+INCIDENT_WEB = [3, 6, 9, 2, 5, 10, 0, 6]
+STEADY_CHAT = [10, 9, 6, 8, 9, 10, 7, 3]
+
+
+def answer(event_id: str, at: int, channel: str, score: int, person: str) -> dict[str, Any]:
+    """A survey answer; ``channel`` says which topic it goes to (the topic names it)."""
+    return event(
+        event_id,
+        to=channel,
+        occurred_at=at,
+        type="survey_response",
+        identifiers={"email": f"{person}@example.com"},
+        survey={"metric": "nps", "score": score},
+    )
+
+
+async def test_one_drop_for_the_falling_channel_and_one_alert_per_detractor_answer(
+    stack: Stack, ch: Any
+) -> None:
+    async with Receiver() as receiver:
+        stack.env["TOUCHPOINT_WEBHOOK_SECRET_HOOKS"] = SECRET
+        stack.env["TOUCHPOINT_ALERTS"] = json.dumps(
+            {
+                "score_drop": {
+                    "metrics": ["nps"],
+                    "segments": ["channel"],
+                    "window": "1h",
+                    "baseline": "6h",
+                    "min_responses": 20,
+                    "evaluate_every": 0.2,
+                },
+                "detractor": {"metrics": ["nps"]},
+                "endpoints": [
+                    {
+                        "name": "hooks",
+                        "url": f"{receiver.url}/hooks",
+                        "allow_http": True,
+                        "allow_private": True,
+                    }
+                ],
+            }
+        )
+        topics = {c: channel_topic(stack, c) for c in ("web", "chat")}
+        await create_topics(stack, list(topics.values()))
+        now = int(time.time() * 1000)
+        baseline_start, incident_start = now - 7 * 60 * MINUTE, now - 60 * MINUTE
+        documents = []
+        # six hours of baseline, then an hour of incident, in event-time order
+        for i in range(72):
+            at = baseline_start + i * 5 * MINUTE
+            documents.append(answer(f"w-{i}", at, "web", BASELINE_WEB[i % 8], f"w{i % 9}"))
+            documents.append(answer(f"c-{i}", at + 1, "chat", STEADY_CHAT[i % 8], f"c{i % 7}"))
+        for i in range(48):
+            at = incident_start + i * MINUTE + 30_000
+            documents.append(answer(f"wi-{i}", at, "web", INCIDENT_WEB[i % 8], f"v{i % 11}"))
+            documents.append(answer(f"ci-{i}", at + 1, "chat", STEADY_CHAT[i % 8], f"d{i % 7}"))
+        repeat = answer("wi-3", incident_start + 3 * MINUTE + 30_000, "web", 2, "v3")
+        messages = [
+            (topics[d.pop("to")], d["identifiers"]["email"].encode(), orjson.dumps(d), [])
+            for d in documents
+        ]
+        del repeat["to"]
+        messages.append((topics["web"], b"another-key", orjson.dumps(repeat), []))  # a repeat
+        worker = await started(stack.start_worker())
+        try:
+            await produce(stack.bootstrap, messages, None)
+            detractors = {d["event_id"] for d in documents if d["survey"]["score"] <= 6}
+            db = stack.database
+
+            async def delivered() -> bool:
+                got = Counter(orjson.loads(r.body)["type"] for r in receiver.requests)
+                stored = await scalar(
+                    ch, f"SELECT countIf(delivery_status = 'delivered') FROM {db}.alerts"
+                )
+                return (
+                    got["customer.detractor"] >= len(detractors)
+                    and got["score.dropped"] >= 1
+                    and stored >= len(detractors) + 1
+                )
+
+            await wait_for(delivered, worker, what="the alerts to be delivered")
+            await asyncio.sleep(3)  # anything that would fire twice has had the time to
+        finally:
+            worker.stop()
+        bodies = []
+        for request in receiver.requests:
+            bodies.append(
+                (request.headers["webhook-id"], verify(SECRET, request.headers, request.body))
+            )
+        ids = [i for i, _ in bodies]
+        assert len(ids) == len(set(ids)), "an alert was delivered twice"
+        drops = [b for _, b in bodies if b["type"] == "score.dropped"]
+        web = topics["web"].removeprefix("touchpoints.")  # the channel the topic names
+        assert [d["data"]["segment"] for d in drops] == [{"kind": "channel", "value": web}]
+        drop = drops[0]["data"]
+        assert drop["before"]["value"] > drop["after"]["value"]
+        assert drop["before"]["responses"] >= 20 and drop["after"]["responses"] >= 20
+        assert drop["difference"] < -drop["margin_of_error"]
+        fired_for = Counter(
+            b["data"]["event_id"] for _, b in bodies if b["type"] == "customer.detractor"
+        )
+        assert set(fired_for) == detractors and max(fired_for.values()) == 1
+        detractor = next(b for _, b in bodies if b["type"] == "customer.detractor")["data"]
+        assert detractor["journey"]["recent"], "the follow-up needs the recent journey"
+        # every alert is on the alerts topic too, with the same id
+        consumer = AIOKafkaConsumer(
+            stack.env["TOUCHPOINT_ALERTS_TOPIC"],
+            bootstrap_servers=stack.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            on_topic: set[str] = set()
+            deadline = time.monotonic() + 20
+            while not set(ids) <= on_topic and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    on_topic.update(orjson.loads(r.value)["id"] for r in records)
+        finally:
+            await consumer.stop()
+        assert set(ids) <= on_topic
+        statuses = await ch.query(
+            f"SELECT type, delivery_status, count() FROM {stack.database}.alerts GROUP BY ALL "
+            "ORDER BY type"
+        )
+        assert statuses.result_rows == [
+            ("customer.detractor", "delivered", len(detractors)),
+            ("score.dropped", "delivered", 1),
+        ]
