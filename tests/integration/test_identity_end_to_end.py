@@ -24,6 +24,7 @@ from tests.integration.test_worker_end_to_end import (
     create_topics,
     produce,
     scalar,
+    settled,
     stack,
     started,
     wait_for,
@@ -126,6 +127,7 @@ async def test_two_workers_and_a_restart_stitch_exactly_the_connected_components
             return bool(total == len(events))
 
         await wait_for(journeys_complete, w2, timeout=60, what="every journey to be stored")
+        await settled(stack, topics, w2)  # and the rows of every other table
 
         # -- the grouping equals the connected components where no guard applies --------
         reference = UnionFind()
@@ -222,6 +224,7 @@ async def test_two_workers_and_a_restart_stitch_exactly_the_connected_components
             return bool(total == len(events) + len(returning))
 
         await wait_for(returning_stored, w3, timeout=60, what="the returning customers' events")
+        await settled(stack, topics, w3)
         resolved = dict(
             (
                 await ch.query(

@@ -28,6 +28,7 @@ from tests.integration.test_worker_end_to_end import (
     create_topics,
     produce,
     scalar,
+    settled,
     stack,
     started,
     wait_for,
@@ -288,6 +289,7 @@ async def test_every_bucket_and_window_equals_a_recomputation_from_the_raw_event
             return bool(events == len(unique) and touches == len(unique))
 
         await wait_for(all_stored, w1, timeout=90, what="every event stitched and stored")
+        await settled(stack, list(topics.values()), w1)  # and the rows of every other table
 
         # -- every bucket: the stream's rows equal the recomputation from events ---------
         stored = {tuple(r) for r in (await ch.query(STORED.format(db=db))).result_rows}

@@ -23,7 +23,7 @@ import clickhouse_connect
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.embedded.process import free_port
@@ -167,6 +167,52 @@ async def wait_for(
         assert worker.proc.poll() is None, f"worker exited:\n{worker.log_tail()}"
         await asyncio.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}\n{worker.log_tail()}")
+
+
+async def settled(
+    stack: Stack, topics: list[str], worker: RunningWorker, timeout: float = 90.0
+) -> None:
+    """Wait until the workers have committed every record of these topics and of the
+    stitch topic.
+
+    A worker commits an offset only once the rows it produced are stored in every table
+    (tables are written one after the other), so a count in one table is no sign that
+    the others are complete; committed offsets at the end of every partition are.
+    """
+    names = [*topics, f"{stack.env['TOUCHPOINT_APP_ID']}-stitch"]
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await consumer.start()
+    await admin.start()
+    behind: dict[TopicPartition, tuple[int, int]] = {}
+    try:
+        parts = [
+            TopicPartition(topic["topic"], p["partition"])
+            for topic in await admin.describe_topics(names)
+            for p in topic["partitions"]
+        ]
+        assert {tp.topic for tp in parts} == set(names), f"a topic is missing: {parts}"
+
+        async def caught_up() -> bool:
+            ends = await consumer.end_offsets(parts)
+            committed = await admin.list_consumer_group_offsets(stack.env["TOUCHPOINT_APP_ID"])
+            behind.clear()
+            for tp, end in ends.items():
+                at = committed[tp].offset if tp in committed else 0
+                if at < end:
+                    behind[tp] = (at, end)
+            return not behind
+
+        try:
+            await wait_for(caught_up, worker, timeout=timeout, what="every record committed")
+        except AssertionError as exc:
+            lag = ", ".join(
+                f"{tp.topic}[{tp.partition}] {a} of {e}" for tp, (a, e) in behind.items()
+            )
+            raise AssertionError(f"not committed: {lag}") from exc
+    finally:
+        await admin.close()
+        await consumer.stop()
 
 
 async def accounting(worker: RunningWorker) -> dict[str, Any]:
