@@ -17,7 +17,9 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -31,6 +33,7 @@ __all__ = [
     "ensure_stitch_topic",
     "ensure_topics",
     "stitch_topic_name",
+    "uncommitted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,4 +135,38 @@ async def ensure_topics(
             logger.info("created topics %s", ", ".join(missing))
         return missing
     finally:
+        await admin.close()
+
+
+async def uncommitted(
+    bootstrap: str, group: str, topics: Iterable[str], **client_options: Any
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """The partitions of ``topics`` that consumer ``group`` has not committed to their end:
+    ``(topic, partition) -> (committed, end)``; empty once the group has settled them.
+
+    The worker commits an input offset only after every row it produced is stored, so
+    an empty answer means ClickHouse holds everything those records gave."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    # the group's consumer API, not the admin one: it is what every broker we run
+    # against answers (the consumer never subscribes, so it never joins the group)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **client_options
+    )
+    await admin.start()
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(topic["topic"], p["partition"])
+            for topic in await admin.describe_topics(list(topics))
+            for p in topic["partitions"]
+        ]
+        ends = await consumer.end_offsets(parts)
+        behind = {}
+        for tp, end in ends.items():
+            at = await consumer.committed(tp) or 0
+            if at < end:
+                behind[(tp.topic, tp.partition)] = (at, end)
+        return behind
+    finally:
+        await consumer.stop()
         await admin.close()

@@ -23,10 +23,11 @@ import clickhouse_connect
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.embedded.process import free_port
+from streams.topics import uncommitted
 
 pytestmark = pytest.mark.integration
 
@@ -180,39 +181,18 @@ async def settled(
     the others are complete; committed offsets at the end of every partition are.
     """
     names = [*topics, f"{stack.env['TOUCHPOINT_APP_ID']}-stitch"]
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await consumer.start()
-    await admin.start()
-    behind: dict[TopicPartition, tuple[int, int]] = {}
+    behind: dict[tuple[str, int], tuple[int, int]] = {}
+
+    async def caught_up() -> bool:
+        behind.clear()
+        behind.update(await uncommitted(stack.bootstrap, stack.env["TOUCHPOINT_APP_ID"], names))
+        return not behind
+
     try:
-        parts = [
-            TopicPartition(topic["topic"], p["partition"])
-            for topic in await admin.describe_topics(names)
-            for p in topic["partitions"]
-        ]
-        assert {tp.topic for tp in parts} == set(names), f"a topic is missing: {parts}"
-
-        async def caught_up() -> bool:
-            ends = await consumer.end_offsets(parts)
-            committed = await admin.list_consumer_group_offsets(stack.env["TOUCHPOINT_APP_ID"])
-            behind.clear()
-            for tp, end in ends.items():
-                at = committed[tp].offset if tp in committed else 0
-                if at < end:
-                    behind[tp] = (at, end)
-            return not behind
-
-        try:
-            await wait_for(caught_up, worker, timeout=timeout, what="every record committed")
-        except AssertionError as exc:
-            lag = ", ".join(
-                f"{tp.topic}[{tp.partition}] {a} of {e}" for tp, (a, e) in behind.items()
-            )
-            raise AssertionError(f"not committed: {lag}") from exc
-    finally:
-        await admin.close()
-        await consumer.stop()
+        await wait_for(caught_up, worker, timeout=timeout, what="every record committed")
+    except AssertionError as exc:
+        lag = ", ".join(f"{t}[{p}] {a} of {e}" for (t, p), (a, e) in behind.items())
+        raise AssertionError(f"not committed: {lag}") from exc
 
 
 async def accounting(worker: RunningWorker) -> dict[str, Any]:
