@@ -10,6 +10,10 @@ All three read the same events from the same Apache Kafka broker:
     de-duplicating every event and storing it in ClickHouse; measured from its first
     consumed event until ClickHouse holds every event.
 
+With ``--latency``, a fourth phase offers 75 % of (c)'s rate, live, to a fresh worker
+with a webhook endpoint, and times each detractor answer from its send to the webhook
+that names it (p50, p99).
+
 Each rate is events divided by the time from the first to the last event, so start-up
 and group joins are excluded for all three alike. Peak RSS is the kernel's high-water
 mark (VmHWM) of each process.
@@ -17,6 +21,8 @@ mark (VmHWM) of each process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -27,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchResult", "run_ceiling", "run_faust_floor"]
+__all__ = ["BenchResult", "LatencyResult", "alert_latency", "run_ceiling", "run_faust_floor"]
 
 
 @dataclass(frozen=True)
@@ -158,3 +164,97 @@ if __name__ == "__main__":
         _faust_floor_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
         raise SystemExit("usage: python -m streams.benchmark faust-floor BOOTSTRAP TOPICS N DIR")
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Alert latency: from producing the answer that tips a rule to the webhook request."""
+
+    rate: float  # events per second offered
+    seconds: float
+    produced: int
+    tipping: int  # detractor answers produced
+    delivered: int  # of those, webhooks received
+    p50_s: float
+    p99_s: float
+    max_s: float
+
+
+async def alert_latency(
+    bootstrap: str, topics: list[str], rate: float, seconds: float, port: int
+) -> LatencyResult:
+    """Offer ``rate`` events/s for ``seconds`` to ``topics`` (one in 20 an NPS answer,
+    most of those detractors) and time each detractor answer until the webhook naming
+    it reaches a receiver on ``port``."""
+    import statistics
+
+    import orjson
+    from aiohttp import web
+    from aiokafka import AIOKafkaProducer
+
+    sent_at: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    all_in = asyncio.Event()
+    done_producing = False
+
+    async def receive(request: web.Request) -> web.Response:
+        now = time.time()
+        body = orjson.loads(await request.read())
+        if body.get("type") == "customer.detractor":
+            arrived.setdefault(body["data"]["event_id"], now)
+            if done_producing and not set(sent_at) - set(arrived):
+                all_in.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    produced = 0
+    try:
+        tick = 0.01
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(elapsed * rate) - produced
+            for _ in range(max(0, due)):
+                i = produced
+                produced += 1
+                person = f"lat-{i % 20_000}"
+                doc: dict[str, Any] = {
+                    "event_id": f"lat-{i}",
+                    "occurred_at": int(time.time() * 1000),
+                    "type": "page_view",
+                    "identifiers": {"email": f"{person}@example.com"},
+                }
+                if i % 20 == 0:
+                    score = (3, 9, 5, 0, 6, 10, 2, 8, 4, 7, 1)[(i // 20) % 11]
+                    doc.update(type="survey_response", survey={"metric": "nps", "score": score})
+                    if score <= 6:
+                        sent_at[doc["event_id"]] = time.time()
+                await producer.send(topics[i % len(topics)], orjson.dumps(doc), key=person.encode())
+            await asyncio.sleep(tick)
+        await producer.flush()
+        done_producing = True
+        if not all_in.is_set() and set(sent_at) - set(arrived):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_in.wait(), 120)
+        duration = time.monotonic() - started
+    finally:
+        await producer.stop()
+        await runner.cleanup()
+    waits = sorted(arrived[e] - sent_at[e] for e in sent_at if e in arrived)
+    cuts = statistics.quantiles(waits, n=100, method="inclusive") if len(waits) > 1 else waits * 99
+    return LatencyResult(
+        rate,
+        duration,
+        produced,
+        len(sent_at),
+        len(waits),
+        cuts[49] if cuts else 0.0,
+        cuts[98] if cuts else 0.0,
+        waits[-1] if waits else 0.0,
+    )

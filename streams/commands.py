@@ -415,6 +415,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     topics = [f"touchpoints.{c}" for c in channels]
     results: dict[str, BenchResult] = {}
     customers_stored: int | None = None
+    latency: Any = None
 
     def events(count: int) -> Any:
         return benchmark_events(
@@ -456,6 +457,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                     kafka.bootstrap, clickhouse.url, args, work
                 )
                 _say(f"    {results['c'].rate:,.0f} events/s, {customers_stored:,} customers")
+            if args.latency:
+                offered = args.latency_rate or 0.75 * (results["c"].rate if "c" in results else 0)
+                if offered <= 0:
+                    raise SystemExit("--latency needs loop c in the run, or --latency-rate")
+                _say(f"alert latency: {offered:,.0f} events/s for {args.latency_seconds:.0f} s ...")
+                latency = _bench_alert_latency(
+                    kafka.bootstrap, clickhouse.url, offered, args.latency_seconds, args, work
+                )
+                _say(
+                    f"    p50 {latency.p50_s:.2f} s, p99 {latency.p99_s:.2f} s "
+                    f"({latency.delivered:,} of {latency.tipping:,} detractor answers)"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report: dict[str, Any] = {
@@ -472,6 +485,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         if x in results and y in results and results[y].rate
     ]
     report.update({name.replace("/", "_over_"): round(r, 3) for name, r in ratios})
+    if latency is not None:
+        report["alert_latency"] = asdict(latency)
     lines = [
         "",
         f"{'loop':<56} {'events/s':>10} {'peak RSS MiB':>13}",
@@ -484,6 +499,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     ]
     if customers_stored is not None:
         lines.append(f"customers in the worker's state and in customer_360: {customers_stored:,}")
+    if latency is not None:
+        lines.append(
+            f"alert latency at {latency.rate:,.0f} events/s offered: p50 {latency.p50_s:.2f} s, "
+            f"p99 {latency.p99_s:.2f} s, max {latency.max_s:.2f} s "
+            f"({latency.delivered:,} of {latency.tipping:,} detractor answers delivered)"
+        )
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -545,6 +566,53 @@ def _bench_worker(
     return BenchResult(name, args.events, elapsed, rss), int(customers)
 
 
+def _bench_alert_latency(
+    bootstrap: str,
+    clickhouse_url: str,
+    rate: float,
+    seconds: float,
+    args: argparse.Namespace,
+    work: Path,
+) -> Any:
+    """A fresh worker with a webhook endpoint on loopback, offered ``rate`` events/s live."""
+    import base64
+
+    from streams.benchmark import alert_latency
+
+    topics = ["touchpoints.lat_web", "touchpoints.lat_call_center"]
+    asyncio.run(_create_topics(bootstrap, topics, args.partitions))
+    port = free_port()
+    endpoint = {
+        "name": "bench",
+        "url": f"http://127.0.0.1:{port}/hook",
+        "types": ["customer.detractor"],
+        "allow_http": True,
+        "allow_private": True,
+    }
+    worker = _WorkerProcess(
+        _worker_env(
+            bootstrap,
+            clickhouse_url,
+            work / "latency-state",
+            TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
+            TOUCHPOINT_APP_ID="bench-latency",
+            TOUCHPOINT_TOPIC_PATTERN=r"^touchpoints\.lat_[a-z0-9_]+$",
+            TOUCHPOINT_CLICKHOUSE_DATABASE="touchpoints_latency",
+            TOUCHPOINT_ALERTS_TOPIC="touchpoints.bench-latency-alerts",
+            TOUCHPOINT_MERGES_TOPIC="touchpoints.bench-latency-merges",
+            TOUCHPOINT_ALERTS=json.dumps({"endpoints": [endpoint]}),
+            TOUCHPOINT_WEBHOOK_SECRET_BENCH="whsec_" + base64.b64encode(os.urandom(32)).decode(),
+            TOUCHPOINT_LOG_LEVEL="WARNING",
+        ),
+        work / "latency-worker.log",
+    )
+    try:
+        worker.wait_ready()
+        return asyncio.run(alert_latency(bootstrap, topics, rate, seconds, port))
+    finally:
+        worker.stop()
+
+
 # --- registration ------------------------------------------------------------------------
 
 
@@ -588,6 +656,13 @@ def register(add: Callable[..., Any]) -> None:
     bench.add_argument(
         "--loops", default="abc", help="which loops to run: any of a, b, c (default abc)"
     )
+    bench.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time alerts: detractor answer sent to webhook received, at 75%% of (c)'s rate",
+    )
+    bench.add_argument("--latency-seconds", type=float, default=60.0, help="how long to offer")
+    bench.add_argument("--latency-rate", type=float, default=None, help="events/s to offer")
     bench.add_argument(
         "--every-customer",
         action="store_true",
