@@ -245,6 +245,7 @@ class Deliverer:
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: dict[str, int] = {}
         self._side: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()
         self._futures: dict[str, asyncio.Future[list[Outcome]]] = {}
 
     async def start(self) -> None:
@@ -262,6 +263,7 @@ class Deliverer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await asyncio.gather(*self._settling, return_exceptions=True)  # outcomes being stored
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
@@ -328,7 +330,7 @@ class Deliverer:
         except Exception:
             logger.exception("could not record the outcome of %s", outcome.alert_id)
             done(None)
-            raise
+            return
         if self._metrics is not None:
             self._metrics.alert_deliveries.labels(outcome.endpoint, outcome.status).inc()
         if outcome.status == "dead":
@@ -351,7 +353,11 @@ class Deliverer:
                 if outcome is None:
                     job.done(None)
                 else:
-                    await self._settle(outcome, job.done)
+                    # the next alert goes out while this outcome is being stored: its
+                    # ledger write waits for a sink flush, which must not pace delivery
+                    settle = asyncio.create_task(self._settle(outcome, job.done))
+                    self._settling.add(settle)
+                    settle.add_done_callback(self._settling.discard)
             except asyncio.CancelledError:
                 raise
             except Exception:
