@@ -40,7 +40,7 @@ from schemas.alerts import Alert
 from schemas.customer import customer_from_json, customer_to_json
 from sinks.alerts import alert_row
 from sinks.rows import dead_letter_row, event_row
-from streams.alerts import DropDetector, detractor_alert, effort_spike_alert
+from streams.alerts import DropDetector, detractor_alert, effort_spike_alert, looks
 from streams.batching import RecordBatch
 from streams.dedup import Chunk
 from streams.effort import CaseBook
@@ -70,6 +70,10 @@ ALERT_STATE_KEY = "w/alert_state"
 ALERT_REVOKE_WAIT_S = 10.0
 #: How often (wall clock, seconds) every series of the rolling view is checked for drops.
 FULL_DROP_CHECK_S = 60.0
+#: Looks at the scores per window length of event time (every 30 minutes for a day).
+LOOKS_PER_WINDOW = 48
+#: At most this many looks at once (a clock far ahead must not cost one per step).
+MAX_LOOKS = 1000
 #: Customer alert ids the stitch agent remembers having sent (repeats are not resent).
 ALERT_MEMORY = 100_000
 #: How long a revocation waits for the stitch agent's outstanding changelog sends.
@@ -211,6 +215,18 @@ def register_agents(worker: Worker) -> None:
             settled = await worker.ledger.load(worker.clickhouse)
             logger.info("alert ledger reloaded: %d settled deliveries", settled)
 
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def look_while_quiet() -> None:
+        """Event time is complete further once partitions go quiet, with no record to
+        bring the stitch agent round: look at the scores then too (on the stitch owner)."""
+        if worker.watermarks is None or not settings.alerts.score_drop.enabled:
+            return
+        for alert in look_at_scores(worker, int(time.time() * 1000)):
+            await app.producer.send(
+                settings.alerts_topic, alert.id.encode(), alert.to_json(), None, None, None
+            )
+            worker.metrics.alerts_fired.labels(alert.type).inc()
+
     @app.timer(interval=settings.journey_compact_interval_s)  # type: ignore[untyped-decorator]
     async def request_compaction() -> None:
         """Ask the stitch agent to look at the next slice of customers for idleness."""
@@ -249,6 +265,7 @@ def register_agents(worker: Worker) -> None:
             worker.effort_version = None
             worker.rolling.clear()  # the worker that takes over keeps its own
             worker.drop_detector = None
+            worker.last_look = None
             worker.alert_series.clear()
             worker.alerts_sent.clear()
 
@@ -318,7 +335,7 @@ async def _stitch_segment(
         watermarks.changed = False
     worker.rolling.add(out.on_time)
     worker.rolling.prune()
-    alerts = _fire_alerts(worker, stitcher, cases, out, watermarks, now_ms)
+    alerts = _fire_alerts(worker, stitcher, cases, out, now_ms)
     detector = worker.drop_detector
     if detector is not None and detector.changed:
         window_items.append((ALERT_STATE_KEY, detector.to_json()))
@@ -360,12 +377,10 @@ def _fire_alerts(
     stitcher: Stitcher,
     cases: CaseBook,
     out: Any,
-    watermarks: Watermarks,
     now_ms: int,
 ) -> list[Alert]:
     """The alerts a stitched batch fires: detractor answers, cases whose effort crossed
-    the threshold, and (at most every ``evaluate_every``) significant score drops of the
-    segments that got new answers."""
+    the threshold, and (at most every ``evaluate_every``) significant score drops."""
     rules = worker.settings.alerts
     dimensions = worker.score_rules.dimensions
     fired: list[Alert] = []
@@ -399,23 +414,52 @@ def _fire_alerts(
     while len(sent) > ALERT_MEMORY:
         del sent[next(iter(sent))]
     if rules.score_drop.enabled:
-        if worker.drop_detector is None:
-            raw = worker.identity_table.get(ALERT_STATE_KEY)
-            worker.drop_detector = DropDetector.from_json(rules.score_drop, raw)
-        worker.alert_series.update((kind, value, metric) for _, kind, value, metric in out.on_time)
-        wall = time.monotonic()
-        if watermarks.marks and wall - worker.last_drop_check >= rules.score_drop.evaluate_every:
-            # windows end at the newest event time seen (one bucket on); answers still
-            # inside the grace join them at a later look
-            end = max(watermarks.marks.values()) + worker.score_rules.bucket_ms
-            worker.last_drop_check = wall
-            series, worker.alert_series = worker.alert_series, set()
-            if wall - worker.last_full_drop_check >= FULL_DROP_CHECK_S:
-                # windows move on without new answers too: look at every series now and then
-                worker.last_full_drop_check = wall
-                series |= set(worker.rolling.series)
-            fresh += worker.drop_detector.evaluate(worker.rolling, end, series, now_ms)
+        pending = worker.alert_series
+        for start, kind, value, metric in out.on_time:
+            key = (kind, value, metric)
+            pending[key] = max(start, pending.get(key, start))
+        fresh += look_at_scores(worker, now_ms)
     return fresh
+
+
+def look_at_scores(worker: Worker, now_ms: int) -> list[Alert]:
+    """Significant score drops and recoveries, looked at every step of event time since
+    the last look, up to the event time every partition still sending has reached
+    (``Watermarks.complete_to``): what fires depends on event time only, not on how
+    records batch or how fast partitions are read. At most every ``evaluate_every``."""
+    rule = worker.settings.alerts.score_drop
+    watermarks = worker.watermarks
+    wall = time.monotonic()
+    if watermarks is None or wall - worker.last_drop_check < rule.evaluate_every:
+        return []
+    complete = watermarks.complete_to(worker.settings.watermark_idle_s)
+    if complete is None:
+        return []
+    bucket = worker.score_rules.bucket_ms
+    end = complete - complete % bucket  # buckets before it are whole
+    if worker.last_look is not None and end <= worker.last_look:
+        return []
+    worker.last_drop_check = wall
+    if worker.drop_detector is None:
+        raw = worker.identity_table.get(ALERT_STATE_KEY)
+        worker.drop_detector = DropDetector.from_json(rule, raw)
+    pending = worker.alert_series
+    series = set(pending)
+    if wall - worker.last_full_drop_check >= FULL_DROP_CHECK_S:
+        # windows move on without new answers too: look at every series now and then
+        worker.last_full_drop_check = wall
+        series |= set(worker.rolling.series)
+    step = max(bucket, int(rule.window * 1000) // LOOKS_PER_WINDOW)
+    previous = worker.last_look
+    if previous is None:  # this run's first look: step through everything it holds
+        oldest = min((min(b) for b in worker.rolling.series.values() if b), default=end)
+        previous = oldest - step
+    ends = looks(previous, end, step, MAX_LOOKS)
+    fired = worker.drop_detector.evaluate_looks(worker.rolling, ends, series, now_ms)
+    worker.last_look = end
+    for key in [k for k, newest in pending.items() if newest < end]:
+        del pending[key]  # looked at with every answer it has
+    return fired
 
 
 async def _ack_alert(

@@ -22,6 +22,8 @@ segment's cooldown over; it is reported recovered once ``z`` falls under ``recov
 from __future__ import annotations
 
 import math
+import operator
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,7 @@ __all__ = [
     "detractor_alert",
     "effort_spike_alert",
     "is_detractor",
+    "looks",
 ]
 
 SeriesKey = tuple[str, str, str]
@@ -100,17 +103,25 @@ class DropState:
     fired_at: int = 0  # event time of the last score.dropped (for the cooldown)
 
 
-def _window_sums(
-    buckets: Mapping[int, Tally], start: int, middle: int, end: int
-) -> tuple[Tally, Tally]:
-    """Tallies of the buckets starting in [start, middle) and in [middle, end)."""
-    before, after = Tally(), Tally()
-    for at, tally in buckets.items():
-        if start <= at < middle:
-            before.add(tally)
-        elif middle <= at < end:
-            after.add(tally)
-    return before, after
+def looks(previous: int | None, end: int, step: int, limit: int) -> list[int]:
+    """The event times to look at the scores at, up to ``end``: every ``step`` after the
+    ``previous`` look, then ``end`` itself; the last ``limit`` of them at most (a clock far
+    ahead must not cost a look per step). Nothing when ``end`` is not past ``previous``."""
+    if previous is None:
+        return [end]
+    if end <= previous:
+        return []
+    first = previous + step
+    count = max(0, (end - 1 - first) // step + 1)  # previous + k * step < end, k >= 1
+    skip = max(0, count + 1 - limit)
+    return [first + k * step for k in range(skip, count)] + [end]
+
+
+def _between(starts: list[int], totals: list[tuple[int, ...]], low: int, high: int) -> Tally:
+    """The sum of the buckets starting in [low, high), from the running totals
+    (``totals[i]``: the sum of the first ``i`` of the sorted ``starts``)."""
+    first, last = bisect_left(starts, low), bisect_left(starts, high)
+    return Tally(*map(operator.sub, totals[last], totals[first]))
 
 
 @dataclass(slots=True)
@@ -131,38 +142,67 @@ class DropDetector:
     ) -> list[Alert]:
         """Compare each watched series over the windows ending at ``now_ms`` (event time,
         the watermark) and return the alerts that fire."""
+        return self.evaluate_looks(rolling, [now_ms], keys, wall_ms)
+
+    def evaluate_looks(
+        self, rolling: Rolling, ends: Sequence[int], keys: Iterable[SeriesKey], wall_ms: int
+    ) -> list[Alert]:
+        """:meth:`evaluate` at each of ``ends`` (ascending event times), in order. Window
+        sums come from running totals over each series' sorted buckets, so a thousand
+        looks cost little more than one."""
         rule = self.rule
         window_ms, baseline_ms = int(rule.window * 1000), int(rule.baseline * 1000)
-        middle = now_ms - window_ms
-        start = middle - baseline_ms
         alerts = []
         for key in keys:
             if not self.watches(key):
                 continue
-            before, after = _window_sums(rolling.series.get(key, {}), start, middle, now_ms)
-            if min(before.responses, after.responses) < rule.min_responses:
-                continue
-            comparison = compare(key[2], before, after)
-            if comparison is None:
-                continue
-            state = self.states.get(key) or DropState()
-            cooled = not state.fired_at or now_ms - state.fired_at >= rule.cooldown * 1000
-            if not state.dropped and comparison.z >= rule.z_critical and cooled:
-                minute = now_ms - now_ms % 60_000
-                state = DropState(True, alert_id("score.dropped", *key, minute), now_ms)
-                fired, the_id, ends = "score.dropped", state.drop_id, ""
-            elif state.dropped and comparison.z < rule.recover_z:
-                fired, the_id = "score.recovered", alert_id("score.recovered", state.drop_id)
-                ends = state.drop_id
-                state = DropState(False, "", state.fired_at)
-            else:
-                continue
-            alerts.append(
-                self._alert(fired, the_id, key, comparison, start, middle, now_ms, wall_ms, ends)
-            )
-            self.states[key] = state
-            self.changed = True
+            buckets = rolling.series.get(key, {})
+            starts = sorted(buckets)
+            totals: list[tuple[int, ...]] = [(0,) * 7]
+            for at in starts:
+                totals.append(tuple(map(operator.add, totals[-1], buckets[at].as_tuple())))
+            for end in ends:
+                middle = end - window_ms
+                start = middle - baseline_ms
+                before = _between(starts, totals, start, middle)
+                after = _between(starts, totals, middle, end)
+                alert = self._judge(key, before, after, start, middle, end, wall_ms)
+                if alert is not None:
+                    alerts.append(alert)
+        alerts.sort(key=lambda a: a.data["after"]["to"])  # in event-time order
         return alerts
+
+    def _judge(
+        self,
+        key: SeriesKey,
+        before: Tally,
+        after: Tally,
+        start: int,
+        middle: int,
+        now_ms: int,
+        wall_ms: int,
+    ) -> Alert | None:
+        rule = self.rule
+        if min(before.responses, after.responses) < rule.min_responses:
+            return None
+        comparison = compare(key[2], before, after)
+        if comparison is None:
+            return None
+        state = self.states.get(key) or DropState()
+        cooled = not state.fired_at or now_ms - state.fired_at >= rule.cooldown * 1000
+        if not state.dropped and comparison.z >= rule.z_critical and cooled:
+            minute = now_ms - now_ms % 60_000
+            state = DropState(True, alert_id("score.dropped", *key, minute), now_ms)
+            fired, the_id, ends = "score.dropped", state.drop_id, ""
+        elif state.dropped and comparison.z < rule.recover_z:
+            fired, the_id = "score.recovered", alert_id("score.recovered", state.drop_id)
+            ends = state.drop_id
+            state = DropState(False, "", state.fired_at)
+        else:
+            return None
+        self.states[key] = state
+        self.changed = True
+        return self._alert(fired, the_id, key, comparison, start, middle, now_ms, wall_ms, ends)
 
     def _alert(
         self,

@@ -199,9 +199,11 @@ class Worker:
     webhook_keys: Mapping[str, bytes] = field(default_factory=dict)
     #: the score-drop detector (stitch agent), loaded from the identity table on first use
     drop_detector: DropDetector | None = None
-    #: series of the rolling view with answers since the last drop check
-    alert_series: set[tuple[str, str, str]] = field(default_factory=set)
+    #: series with answers not yet looked at: (kind, value, metric) -> newest bucket start
+    alert_series: dict[tuple[str, str, str], int] = field(default_factory=dict)
     last_drop_check: float = 0.0
+    #: event time of the last look at the scores (None: none since the partition came)
+    last_look: int | None = None
     last_full_drop_check: float = 0.0
     #: customer alerts sent recently (insertion order; the oldest are forgotten)
     alerts_sent: dict[str, None] = field(default_factory=dict)
@@ -422,11 +424,15 @@ def create_worker(
         end = rolling.newest + rolling.bucket_ms
         marks = worker.watermarks
         low = marks.low() if marks is not None else None
+        newest = max(marks.marks.values()) if marks is not None and marks.marks else None
         return view.json(
             {
                 "window_s": window_s,
                 "end_ms": end,
                 "watermark_ms": low,
+                "newest_event_ms": newest,
+                # score alerts have looked at every window ending up to here
+                "alerts_looked_to_ms": worker.last_look,
                 "scores": rolling.report(end, int(window_s * 1000)),
             }
         )

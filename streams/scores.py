@@ -17,7 +17,8 @@ CONTRACT section 2 fixes the formulas:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -184,13 +185,25 @@ class Watermarks:
     leave it out and it is counted as late; ClickHouse still counts it in its bucket.
     """
 
-    def __init__(self, grace_ms: int, marks: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        grace_ms: int,
+        marks: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.grace_ms = grace_ms
         self.marks: dict[str, int] = dict(marks or {})
         self.changed = False
+        self._clock = clock
+        #: wall-clock time (``clock``) each partition last brought an event, in this run
+        self.heard: dict[str, float] = {}
+        self.first_heard: float | None = None
 
     def observe(self, partition: str, at: int) -> bool:
         """Note an event at ``at`` on ``partition``; True when it is late."""
+        self.heard[partition] = now = self._clock()
+        if self.first_heard is None:
+            self.first_heard = now
         mark = self.marks.get(partition)
         if mark is None or at > mark:
             self.marks[partition] = at
@@ -201,6 +214,23 @@ class Watermarks:
     def low(self) -> int | None:
         """The stream's watermark: the least advanced partition's (None before any)."""
         return min(self.marks.values()) if self.marks else None
+
+    def complete_to(self, idle_s: float) -> int | None:
+        """The event time up to which every partition still sending has sent: the least
+        advanced watermark among the partitions heard from in the last ``idle_s`` (wall
+        clock), or the most advanced one once all of them are quiet. None while the run
+        is younger than ``idle_s``: partitions read at their own pace (a backlog, a
+        restart) have not all spoken yet.
+
+        A partition that goes quiet stops holding event time back after ``idle_s``; what
+        it sends later is judged against its own watermark as before (late or not)."""
+        now = self._clock()
+        if self.first_heard is None or now - self.first_heard < idle_s or not self.marks:
+            return None
+        active = [
+            mark for p, mark in self.marks.items() if now - self.heard.get(p, -math.inf) < idle_s
+        ]
+        return min(active) if active else max(self.marks.values())
 
 
 class Rolling:

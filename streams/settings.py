@@ -228,6 +228,13 @@ class Settings(BaseSettings):
         "count in the stream's rolling views; later ones are counted as late (ClickHouse "
         "still counts them in their bucket)",
     )
+    watermark_idle_s: float = Field(
+        10.0,
+        gt=0,
+        description="a partition that brings nothing for this long (wall clock) stops holding "
+        "the stream's event time back; score alerts look at windows only up to the event "
+        "time every partition still sending has reached",
+    )
 
     # --- Alerts ------------------------------------------------------------------------
     alerts: AlertRules = Field(

@@ -22,6 +22,7 @@ from streams.alerts import (
     detractor_alert,
     effort_spike_alert,
     is_detractor,
+    looks,
 )
 from streams.effort import Contact
 from streams.scores import Answer, Rolling, Tally, answer_tally, tally_answers
@@ -301,3 +302,47 @@ def test_an_alert_round_trips_through_its_kafka_message_and_has_the_contract_bod
     body = orjson.loads(alert.body())
     assert set(body) == {"type", "timestamp", "data"}
     assert body["type"] == "customer.detractor" and body["timestamp"].endswith("Z")
+
+
+@given(
+    st.none() | st.integers(0, 10_000),
+    st.integers(0, 20_000),
+    st.integers(1, 700),
+    st.integers(1, 50),
+)
+def test_the_looks_are_every_step_after_the_previous_then_the_end(
+    previous: int | None, end: int, step: int, limit: int
+) -> None:
+    if previous is None:
+        expected = [end]
+    elif end <= previous:
+        expected = []
+    else:
+        expected = [*range(previous + step, end, step), end][-limit:]
+    assert looks(previous, end, step, limit) == expected
+
+
+def test_a_backlog_fires_what_a_live_stream_fires() -> None:
+    """The same answers, looked at in one go at every step of event time (a backlog) or
+    live, a look per step: the same alerts, with the same ids and numbers."""
+    rng = random.Random(5)
+    good = [float(rng.choice([9, 10, 10, 8, 7, 9])) for _ in range(200)]
+    bad = [float(rng.choice([0, 3, 5, 6, 8, 9])) for _ in range(200)]
+    rule = ScoreDropRule(window=3600, baseline=6 * 3600, min_responses=20, cooldown=3600)
+    key = ("channel", "web", "nps")
+    rolling = Rolling(MINUTE, 30 * DAY)
+    start = NOW - 12 * HOUR
+    for i, score in enumerate(good + bad + good):  # a dip in the middle
+        at = start + i * 90_000
+        rolling.add({(at - at % MINUTE, *key): answer_tally("nps", score, None)})
+    end = start + 600 * 90_000
+    live, backlog = DropDetector(rule), DropDetector(rule)
+    fired_live = []
+    for look in range(start, end, 5 * MINUTE):
+        fired_live += live.evaluate(rolling, look, [key], look)
+    ends = looks(start - 5 * MINUTE, end - 1, 5 * MINUTE, 1000)[:-1]  # one batch, many looks
+    fired_backlog = backlog.evaluate_looks(rolling, ends, [key], end)
+    assert [a.type for a in fired_live] == ["score.dropped", "score.recovered"]
+    assert [(a.id, a.type, a.data) for a in fired_backlog] == [
+        (a.id, a.type, a.data) for a in fired_live
+    ]

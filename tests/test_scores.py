@@ -218,3 +218,35 @@ def test_the_rolling_report_gives_each_segment_its_score_over_the_window() -> No
     ]
     rolling.clear()
     assert rolling.report(DAY, DAY) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(("t:0", "t:1", "t:2")), st.integers(0, 10_000), st.floats(0, 5)),
+        max_size=60,
+    ),
+    st.floats(0, 30),
+)
+def test_event_time_is_complete_to_the_slowest_partition_still_sending(
+    events: list[tuple[str, int, float]], quiet_for: float
+) -> None:
+    """Against a naive reference: partitions heard within the idle time hold event time
+    back to the slowest of them; once all are quiet, everything seen is complete; nothing
+    is complete before the idle time has passed since the first event."""
+    idle = 10.0
+    now = [100.0]
+    marks = Watermarks(60_000, clock=lambda: now[0])
+    heard: dict[str, float] = {}
+    newest: dict[str, int] = {}
+    for partition, at, pause in events:
+        now[0] += pause
+        marks.observe(partition, at)
+        heard[partition] = now[0]
+        newest[partition] = max(at, newest.get(partition, at))
+    now[0] += quiet_for
+    if not events or now[0] - 100.0 - events[0][2] < idle:
+        assert marks.complete_to(idle) is None
+        return
+    active = [newest[p] for p in newest if now[0] - heard[p] < idle]
+    assert marks.complete_to(idle) == (min(active) if active else max(newest.values()))
