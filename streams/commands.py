@@ -22,12 +22,55 @@ from typing import Any
 from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
 from streams.embedded.process import free_port
 
-__all__ = ["register"]
+__all__ = ["DEMO_ALERTS", "demo_config", "register"]
 
 CHANNELS = (
     "web", "mobile_app", "email", "sms", "push", "call_center", "chat", "social", "store",
     "survey", "billing", "support", "product",
 )  # fmt: skip
+
+
+#: The demo's alert rules, fitted to its volume (about 15 NPS answers a day on each
+#: channel): NPS per channel over two days against the week before, at 99.9 %. Over the
+#: demo's fourteen days the noise of the other channels stays under the bar and the
+#: incident clears it for more than a day of event time (``tests/test_generator.py``).
+DEMO_ALERTS: dict[str, Any] = {
+    "score_drop": {
+        "metrics": ["nps"],
+        "segments": ["channel"],
+        "window": "2d",
+        "baseline": "7d",
+        "confidence": 0.999,
+        "min_responses": 25,
+        "cooldown": "2d",
+        "evaluate_every": 0.2,
+    },
+}
+
+
+def demo_config(
+    seed: int = 7,
+    events: int = 20_000,
+    *,
+    start: datetime | None = None,
+    bad_share: float = 0.02,
+    duplicate_share: float = 0.01,
+    incident: str | None = "mobile_app",
+) -> Any:
+    """What ``touchpoint demo`` publishes: fourteen days of touchpoints ending now, with
+    the scripted incident on ``incident`` (a channel; None for none)."""
+    from streams.generator import GeneratorConfig, Incident
+
+    return GeneratorConfig(
+        seed=seed,
+        events=events,
+        customers=max(10, events // 20),
+        start=start or datetime.now(UTC) - timedelta(days=14),
+        span=timedelta(days=14),
+        bad_share=bad_share,
+        duplicate_share=duplicate_share,
+        incident=Incident(channel=incident) if incident else None,
+    )
 
 
 def _say(message: str) -> None:
@@ -41,7 +84,13 @@ def _say(message: str) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Publish synthetic touchpoints to the configured Kafka."""
     from streams.cli import _settings
-    from streams.generator import GeneratorConfig, benchmark_events, generate, publish
+    from streams.generator import (
+        GeneratorConfig,
+        Incident,
+        benchmark_events,
+        generate,
+        publish,
+    )
     from streams.topics import ensure_topics
 
     settings = _settings(args)
@@ -57,6 +106,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 span=timedelta(days=args.days),
                 bad_share=args.bad_share,
                 duplicate_share=args.duplicate_share,
+                incident=Incident(channel=args.incident) if args.incident else None,
             )
         )
 
@@ -105,10 +155,14 @@ class _WorkerProcess:
             )
 
     def accounting(self) -> dict[str, Any] | None:
+        return self.get("/accounting")
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """One of the worker's JSON pages; None while it does not answer."""
         import httpx
 
         try:
-            response = httpx.get(f"http://127.0.0.1:{self.port}/accounting", timeout=2)
+            response = httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
             return dict(response.json()) if response.status_code == 200 else None
         except httpx.HTTPError:
             return None
@@ -192,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Broker, ClickHouse, worker and generator on embedded infrastructure."""
     from streams.embedded.clickhouse import EmbeddedClickHouse
     from streams.embedded.kafka import ApacheKafka, Tansu, java_available
-    from streams.generator import GeneratorConfig, generate, publish
+    from streams.generator import generate, publish
 
     home = Path(args.dir)
     if home.exists():
@@ -219,20 +273,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 home / "state",
                 TOUCHPOINT_TOPIC_PARTITIONS=str(partitions),
                 TOUCHPOINT_SINK_LINGER_S="0.2",
+                TOUCHPOINT_ALERTS=json.dumps(DEMO_ALERTS),
             ),
             home / "worker.log",
         )
         stack.callback(worker.stop)
         worker.wait_ready()
         _say(f"  worker ready; metrics at http://127.0.0.1:{worker.port}/metrics")
-        config = GeneratorConfig(
-            seed=args.seed,
-            events=args.events,
-            customers=max(10, args.events // 20),
-            start=datetime.now(UTC) - timedelta(days=14),
-            span=timedelta(days=14),
+        config = demo_config(
+            args.seed,
+            args.events,
             bad_share=args.bad_share,
             duplicate_share=args.duplicate_share,
+            incident=None if args.incident == "none" else args.incident,
         )
         _say(f"publishing {args.events:,} touchpoints ...")
         stats = asyncio.run(
@@ -264,6 +317,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return bool(events == totals["accepted"] and letters[0][0] == totals["dead_lettered"])
 
         _wait(stored, worker, 300, "ClickHouse to hold every row")
+        from streams.topics import uncommitted
+
+        def looked_through() -> bool:
+            """Score alerts have looked at the windows up to the newest event (event time
+            is complete once every partition has gone quiet for the idle time)."""
+            seen = worker.get("/scores") or {}
+            newest, looked = seen.get("newest_event_ms"), seen.get("alerts_looked_to_ms")
+            return newest is not None and looked is not None and looked >= newest - 60_000
+
+        _wait(looked_through, worker, 120, "the score alerts to look at every window")
+        settled = [
+            *(f"touchpoints.{c}" for c in CHANNELS),
+            "touchpoint-streams-stitch",
+            "touchpoints.alerts",
+        ]
+        _wait(
+            lambda: not asyncio.run(uncommitted(broker.bootstrap, "touchpoint-streams", settled)),
+            worker,
+            120,
+            "the stitched rows and the alerts to be stored",
+        )
         by_channel = client.query(
             "SELECT channel, count() FROM touchpoints.events GROUP BY channel ORDER BY 2 DESC"
         ).result_rows
@@ -273,6 +347,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_demo_report(stats.total, totals, by_channel, reasons, clickhouse.url, worker.port))
         print(_identity_report(client))
         print(_scores_report(client))
+        print(_alerts_report(client))
         if not args.keep_running:
             print(
                 "\n(everything stops now; `touchpoint demo --keep-running` keeps it up "
@@ -353,6 +428,31 @@ def _identity_report(client: Any) -> str:
             *(f"    {stage or '(none)':<28} {n:>6,}" for stage, n in stages),
         ]
     )
+
+
+def _alerts_report(client: Any) -> str:
+    """What fired: counts by type, and every score alert with its numbers."""
+    counts = client.query(
+        "SELECT type, count() FROM touchpoints.alerts GROUP BY type ORDER BY type"
+    ).result_rows
+    scores = client.query(
+        "SELECT type, subject, payload FROM touchpoints.alerts "
+        "WHERE type LIKE 'score.%' ORDER BY fired_at, type"
+    ).result_rows
+    lines = [
+        "",
+        "alerts (ClickHouse touchpoints.alerts, and the Kafka topic touchpoints.alerts)",
+        *(f"  {kind:<24} {n:>6,}" for kind, n in counts),
+    ]
+    for kind, subject, payload in scores:
+        data = json.loads(payload)["data"]
+        before, after = data["before"], data["after"]
+        lines.append(
+            f"  {kind:<16} {subject:<26} {before['value']:6.1f} (n={before['responses']}) -> "
+            f"{after['value']:6.1f} (n={after['responses']}), z {data['z']}, "
+            f"window to {after['to'][:16]}"
+        )
+    return "\n".join(lines)
 
 
 def _scores_report(client: Any) -> str:
@@ -628,6 +728,13 @@ def register(add: Callable[..., Any]) -> None:
     generate.add_argument("--duplicate-share", type=float, default=0.0, help="share of re-sends")
     generate.add_argument("--compression", choices=["gzip", "snappy", "lz4", "zstd"], default=None)
     generate.add_argument(
+        "--incident",
+        metavar="CHANNEL",
+        default=None,
+        help="script an incident: from 60%% of the span, for three days, this channel's "
+        "contacts go badly and its answers fall (default: none)",
+    )
+    generate.add_argument(
         "--benchmark", action="store_true", help="simple ~300-byte events (as the benchmark)"
     )
 
@@ -641,6 +748,13 @@ def register(add: Callable[..., Any]) -> None:
         choices=["auto", "tansu", "kafka"],
         default="tansu",
         help="tansu (no JVM, default), kafka (Apache Kafka, needs Java), or auto",
+    )
+    demo.add_argument(
+        "--incident",
+        metavar="CHANNEL",
+        default="mobile_app",
+        help="the channel of the scripted incident the alerts must notice "
+        "(default mobile_app; none for no incident)",
     )
     demo.add_argument("--dir", default="var/demo", help="working directory (recreated)")
     demo.add_argument(

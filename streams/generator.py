@@ -9,8 +9,13 @@ Deterministic: the same configuration gives the same bytes, every run (one seede
 * e-mail opens and clicks, SMS, push; purchases (web, app, store) with ``commerce``;
 * support cases (``case_id``) over call centre, chat, e-mail and tickets, with
   waits, transfers, escalations and resolutions, and repeat contacts;
-* survey answers (NPS, CSAT, CES) after purchases and cases; high-effort cases
-  give more detractors;
+* survey answers: relationship NPS/CSAT where the survey reaches the customer (the
+  survey tool, e-mail, the app, SMS), and post-contact surveys (NPS, CSAT, CES) on the
+  channel of the case's last contact (an IVR survey after a call, a chat rating);
+  high-effort cases give more detractors;
+* optionally a scripted incident: for a while, the answers given on one channel fall
+  (and, on an assisted channel, its contacts wait long and are transferred): what the
+  alerts must notice;
 * a shared family tablet (one ``device_id`` for several customers) and a call-centre
   placeholder phone number shown by many customers: links a stitcher must refuse;
 * optionally a share of deliberately broken messages (each labelled with why) and
@@ -38,6 +43,7 @@ __all__ = [
     "BAD_KINDS",
     "GeneratedMessage",
     "GeneratorConfig",
+    "Incident",
     "PublishStats",
     "benchmark_events",
     "generate",
@@ -69,6 +75,17 @@ BAD_KINDS = (
 
 
 @dataclass(frozen=True)
+class Incident:
+    """A service incident on one channel, from ``begins`` (a fraction of the span) for
+    ``lasts``: the answers given on it fall well below the usual, and its contacts (on
+    an assisted channel) wait long and are often transferred."""
+
+    channel: str = "mobile_app"
+    begins: float = 0.6
+    lasts: timedelta = timedelta(days=3)
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """What to generate. ``span`` spreads events over event time from ``start``."""
 
@@ -80,6 +97,15 @@ class GeneratorConfig:
     zipf_exponent: float = 1.1
     bad_share: float = 0.0
     duplicate_share: float = 0.0
+    incident: Incident | None = None
+
+    def in_incident(self, channel: str, when: datetime) -> bool:
+        """Whether a contact on ``channel`` at ``when`` is hit by the incident."""
+        incident = self.incident
+        if incident is None or channel != incident.channel:
+            return False
+        begins = self.start + self.span * incident.begins
+        return begins <= when < begins + incident.lasts
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +199,9 @@ _OFFSETS = tuple(timezone(timedelta(hours=h)) for h in (-5, -8, 1, 2, 5.5, 9))
 class _Journeys:
     """Chooses the next touchpoint of a customer from what happened to them so far."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, config: GeneratorConfig) -> None:
         self.rng = rng
+        self.config = config
         self.case_seq = 0
 
     def next_event(self, c: _Customer, when: datetime, event_id: str) -> dict[str, Any]:
@@ -248,7 +275,16 @@ class _Journeys:
             )
         if roll < 0.87:
             return self._open_case(c, when, event_id)
-        return self._survey(c, when, event_id, rng.choice(("nps", "csat")), effort=0)
+        # relationship surveys, answered where they reach the customer
+        channel = rng.choice(("survey", "survey", "email", "mobile_app", "sms"))
+        return self._survey(
+            c,
+            when,
+            event_id,
+            rng.choice(("nps", "csat")),
+            effort=6 * self.config.in_incident(channel, when),
+            channel=channel,
+        )
 
     def _base(
         self,
@@ -330,17 +366,12 @@ class _Journeys:
         if c.case_channel and channel != c.case_channel:
             c.case_effort += 1  # a channel switch within the case
         c.case_channel = channel
-        transferred = rng.random() < 0.25
+        troubled = self.config.in_incident(channel, when)
+        transferred = rng.random() < (0.7 if troubled else 0.25)
         escalated = rng.random() < 0.1
-        wait = round(rng.expovariate(1 / 120), 1)
+        wait = round(rng.expovariate(1 / (1200 if troubled else 120)), 1)
         c.case_effort += int(transferred) + int(escalated) + int(wait > 300)
-        identifiers = {"account_id": c.account_id}
-        if channel == "call_center":
-            identifiers = {"phone": PLACEHOLDER_PHONE if rng.random() < 0.08 else c.phone}
-            if c.crm_id:
-                identifiers["crm_id"] = c.crm_id
-        elif channel == "email":
-            identifiers = {"email": c.email}
+        identifiers = self._contact_identifiers(c, channel)
         type_ = {
             "call_center": "call",
             "chat": "chat",
@@ -367,17 +398,35 @@ class _Journeys:
             },
         )
 
+    def _contact_identifiers(self, c: _Customer, channel: str) -> dict[str, str]:
+        if channel == "call_center":
+            shown = {"phone": PLACEHOLDER_PHONE if self.rng.random() < 0.08 else c.phone}
+            if c.crm_id:
+                shown["crm_id"] = c.crm_id
+            return shown
+        if channel == "email":
+            return {"email": c.email}
+        if channel == "sms":
+            return {"phone": c.phone}
+        if channel == "mobile_app":
+            return {"device_id": c.device_id, "account_id": c.account_id}
+        return {"account_id": c.account_id}
+
     def _close_case(self, c: _Customer, when: datetime, event_id: str) -> dict[str, Any]:
-        case, effort = c.open_case, c.case_effort + c.case_contacts
+        # a case closed in two contacts without trouble is effortless
+        case, effort = c.open_case, c.case_effort + c.case_contacts - 2
         c.open_case = None
-        if self.rng.random() < 0.6:
+        if self.rng.random() < 0.7:
+            # the post-contact survey, on the channel of the last contact
+            channel = c.case_channel or "support"
             return self._survey(
                 c,
                 when,
                 event_id,
-                self.rng.choice(("ces", "nps", "csat")),
-                effort=effort,
+                self.rng.choice(("ces", "nps", "nps", "csat")),
+                effort=effort + 6 * self.config.in_incident(channel, when),
                 case_id=case,
+                channel=channel,
             )
         return self._base(
             c,
@@ -399,6 +448,7 @@ class _Journeys:
         *,
         effort: int,
         case_id: str | None = None,
+        channel: str = "survey",
     ) -> dict[str, Any]:
         rng = self.rng
         hardship = min(1.0, effort / 6)  # high-effort journeys answer lower
@@ -413,13 +463,18 @@ class _Journeys:
             survey["comment"] = rng.choice(
                 ("quick and easy", "too many transfers", "waited too long", "great service", "meh")
             )
+        identifiers = (
+            {"email": c.email, "account_id": c.account_id}
+            if channel == "survey"
+            else self._contact_identifiers(c, channel)
+        )
         return self._base(
             c,
             when,
             event_id,
-            "survey",
+            channel,
             "survey_response",
-            {"email": c.email, "account_id": c.account_id},
+            identifiers,
             case_id=case_id,
             survey=survey,
         )
@@ -459,7 +514,7 @@ def generate(config: GeneratorConfig) -> Iterator[GeneratedMessage]:
     cumulative = _zipf_weights(config.customers, config.zipf_exponent)
     order = list(range(config.customers))
     rng.shuffle(order)  # popularity is not customer number
-    journeys = _Journeys(rng)
+    journeys = _Journeys(rng, config)
     step = config.span / max(1, config.events)
     sent: list[GeneratedMessage] = []
     emitted = 0

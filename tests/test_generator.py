@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.alert_rules import AlertRules
 from schemas.dead_letter import DeadLetter
 from schemas.ingested import IngestedEvent, SourceRecord
+from streams.alerts import DropDetector, compare
 from streams.app import ingest_rules
+from streams.commands import DEMO_ALERTS, demo_config
 from streams.generator import BAD_KINDS, GeneratorConfig, benchmark_events, generate
 from streams.ingest import FLAG_SKEW_CORRECTED, ingest
+from streams.scores import Rolling, answer_tally
 from streams.settings import Settings
 
 RULES = ingest_rules(Settings())
@@ -150,3 +154,47 @@ def test_generation_is_deterministic_and_kinds_add_up(
     kinds = Counter(m.kind.split(":")[0] for m in first)
     assert sum(kinds.values()) == events
     assert set(kinds) <= {"valid", "bad", "duplicate"}
+
+
+def test_the_demo_incident_is_the_one_significant_drop_whenever_the_stream_looks() -> None:
+    """The demo's scripted incident (mobile_app, three days from 60 % of the span) against
+    the demo's alert rules, looked at every ten minutes of event time: the incident's
+    channel is significantly down for more than a day (the stream, looking several times
+    a second, cannot miss it), no other channel ever reaches the bar, and one dip fires
+    one ``score.dropped`` and one ``score.recovered``."""
+    config = demo_config(start=NOW - timedelta(days=14))
+    rule = AlertRules.model_validate(DEMO_ALERTS).score_drop
+    rolling = Rolling(60_000, 30 * 86_400_000)
+    for kind, result in _ingest_all(config):
+        if kind != "valid":
+            continue
+        assert isinstance(result, IngestedEvent)
+        survey = result.event.survey
+        if survey is None or survey.metric != "nps":
+            continue
+        at = int(result.occurred_at.timestamp() * 1000)
+        tally = answer_tally("nps", survey.score, None)
+        rolling.add({(at - at % 60_000, "channel", result.channel, "nps"): tally})
+    window, baseline = int(rule.window * 1000), int(rule.baseline * 1000)
+    detector = DropDetector(rule)
+    fired: list[tuple[str, str]] = []
+    significant: dict[str, int] = Counter()
+    first = int(config.start.timestamp() * 1000)
+    for step in range(14 * 24 * 6):
+        end = first + step * 600_000
+        keys = list(rolling.series)
+        for kind, channel, metric in keys:
+            before = rolling.window(kind, channel, metric, end - window, baseline)
+            after = rolling.window(kind, channel, metric, end, window)
+            if min(before.responses, after.responses) < rule.min_responses:
+                continue
+            comparison = compare(metric, before, after)
+            if comparison is not None and comparison.z >= rule.z_critical:
+                significant[channel] += 1
+        fired += [(a.type, a.subject) for a in detector.evaluate(rolling, end, keys, end)]
+    assert set(significant) == {"mobile_app"}
+    assert significant["mobile_app"] * 600_000 > 86_400_000
+    assert fired == [
+        ("score.dropped", "channel:mobile_app:nps"),
+        ("score.recovered", "channel:mobile_app:nps"),
+    ]

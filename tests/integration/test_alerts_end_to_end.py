@@ -8,12 +8,16 @@ import base64
 import json
 import time
 from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from streams.commands import DEMO_ALERTS, demo_config
+from streams.generator import GeneratedMessage, generate, publish
 from tests.integration.test_worker_end_to_end import (
     Stack,
     ch,
@@ -22,6 +26,7 @@ from tests.integration.test_worker_end_to_end import (
     event,
     produce,
     scalar,
+    settled,
     stack,
     started,
     wait_for,
@@ -165,3 +170,79 @@ async def test_one_drop_for_the_falling_channel_and_one_alert_per_detractor_answ
             ("customer.detractor", "delivered", len(detractors)),
             ("score.dropped", "delivered", 1),
         ]
+
+
+async def test_the_demo_incident_fires_one_drop_for_its_channel_and_none_for_the_others(
+    stack: Stack, ch: Any
+) -> None:
+    """What ``touchpoint demo`` publishes and configures: fourteen days of touchpoints
+    with the scripted incident on mobile_app. The worker fires exactly one
+    ``score.dropped`` (and, once the incident is over, one ``score.recovered``) for that
+    channel, none for the others, and the hook receives the drop once, signed."""
+    async with Receiver() as receiver:
+        rules = json.loads(json.dumps(DEMO_ALERTS))
+        rules["endpoints"] = [
+            {
+                "name": "hooks",
+                "url": f"{receiver.url}/hooks",
+                "types": ["score.dropped", "score.recovered"],
+                "allow_http": True,
+                "allow_private": True,
+            }
+        ]
+        stack.env["TOUCHPOINT_ALERTS"] = json.dumps(rules)
+        stack.env["TOUCHPOINT_WEBHOOK_SECRET_HOOKS"] = SECRET
+        config = demo_config(start=datetime.now(UTC) - timedelta(days=14))
+        generated = list(generate(config))
+        channels = sorted({m.topic.removeprefix("touchpoints.") for m in generated})
+        topics = {c: channel_topic(stack, c) for c in channels}
+        await create_topics(stack, list(topics.values()))
+
+        def ours(message: GeneratedMessage) -> GeneratedMessage:
+            """The same message on this test's topic of its channel (the topic names it)."""
+            topic = topics[message.topic.removeprefix("touchpoints.")]
+            value = message.value
+            if message.kind != "valid" and message.kind != "duplicate":
+                return replace(message, topic=topic)
+            document = orjson.loads(value)
+            if "channel" in document:
+                document["channel"] = topic.removeprefix("touchpoints.")
+            return replace(message, topic=topic, value=orjson.dumps(document))
+
+        worker = await started(stack.start_worker())
+        try:
+            await publish([ours(m) for m in generated], stack.bootstrap)
+            db = stack.database
+
+            async def looked_through() -> bool:
+                """Score alerts come once event time is complete: every partition has
+                spoken, or gone quiet for the idle time."""
+                return bool(
+                    await scalar(
+                        ch,
+                        f"SELECT countIf(type = 'score.recovered' AND "
+                        f"delivery_status = 'delivered') FROM {db}.alerts",
+                    )
+                )
+
+            await wait_for(looked_through, worker, what="the incident's drop and recovery")
+            await settled(stack, [*topics.values(), stack.env["TOUCHPOINT_ALERTS_TOPIC"]], worker)
+            await asyncio.sleep(3)  # anything that would fire on top has had the time to
+        finally:
+            worker.stop()
+        fired = (
+            await ch.query(
+                f"SELECT type, subject, delivery_status FROM {stack.database}.alerts "
+                "WHERE type LIKE 'score.%' ORDER BY fired_at, type"
+            )
+        ).result_rows
+        incident = topics["mobile_app"].removeprefix("touchpoints.")
+        assert fired == [
+            ("score.dropped", f"channel:{incident}:nps", "delivered"),
+            ("score.recovered", f"channel:{incident}:nps", "delivered"),
+        ]
+        hooks = [verify(SECRET, r.headers, r.body) for r in receiver.requests]
+        assert sorted(h["type"] for h in hooks) == ["score.dropped", "score.recovered"]
+        drop = next(h["data"] for h in hooks if h["type"] == "score.dropped")
+        assert drop["segment"] == {"kind": "channel", "value": incident}
+        assert drop["after"]["value"] < drop["before"]["value"] - drop["margin_of_error"]
