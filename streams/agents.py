@@ -49,7 +49,7 @@ from streams.ingest import triage
 from streams.journey import compact
 from streams.scores import Watermarks
 from streams.state import send_changelog, write_local
-from streams.stitching import chunk_rows, stitch_rows, survey_answers, touched_cases
+from streams.stitching import StitchOutput, chunk_rows, stitch_rows
 
 if TYPE_CHECKING:
     from streams.app import Worker
@@ -376,16 +376,15 @@ def _fire_alerts(
     worker: Worker,
     stitcher: Stitcher,
     cases: CaseBook,
-    out: Any,
+    out: StitchOutput,
     now_ms: int,
 ) -> list[Alert]:
     """The alerts a stitched batch fires: detractor answers, cases whose effort crossed
     the threshold, and (at most every ``evaluate_every``) significant score drops."""
     rules = worker.settings.alerts
-    dimensions = worker.score_rules.dimensions
     fired: list[Alert] = []
     if rules.detractor.enabled:
-        for answer in survey_answers(out.rows["events_store"], dimensions):
+        for answer in out.answers:
             customer = stitcher.customer(answer.customer_id)
             points = {}
             if customer is not None:
@@ -395,8 +394,7 @@ def _fire_alerts(
             if alert is not None:
                 fired.append(alert)
     if rules.effort_spike.enabled:
-        touched = touched_cases(out.rows["effort_store"], dimensions)
-        for (customer_id, case_id), segments in touched.items():
+        for (customer_id, case_id), segments in out.cases.items():
             alert = effort_spike_alert(
                 rules.effort_spike,
                 customer_id,

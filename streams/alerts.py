@@ -34,10 +34,9 @@ from schemas.alert_rules import DetractorRule, EffortSpikeRule, ScoreDropRule
 from schemas.alerts import Alert, alert_id, iso
 from schemas.customer import Customer
 from streams.effort import Contact
-from streams.scores import Z95, Rolling, ScoreValue, Tally, value_of
+from streams.scores import Z95, Answer, Rolling, ScoreValue, Tally, value_of
 
 __all__ = [
-    "AnswerFacts",
     "Comparison",
     "DropDetector",
     "compare",
@@ -265,20 +264,6 @@ def _round(value: float | None) -> float | None:
 # --- Customer alerts -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerFacts:
-    """A survey answer as the stitch agent sees it, with its customer."""
-
-    event_id: str
-    customer_id: str
-    occurred_at: int
-    channel: str
-    metric: str
-    score: float
-    scale_max: int | None
-    segments: tuple[tuple[str, str], ...]
-
-
 def is_detractor(rule: DetractorRule, metric: str, score: float) -> bool:
     """NPS 0..6; CSAT and CES at most ``bottom_box`` (their scales start at 1)."""
     if metric not in rule.metrics:
@@ -290,7 +275,7 @@ def is_detractor(rule: DetractorRule, metric: str, score: float) -> bool:
 
 def detractor_alert(
     rule: DetractorRule,
-    answer: AnswerFacts,
+    answer: Answer,
     customer: Customer | None,
     case_points: Mapping[str, int],
     wall_ms: int,
@@ -337,10 +322,10 @@ def detractor_alert(
         "customer_id": answer.customer_id,
         "event_id": answer.event_id,
         "metric": answer.metric,
-        "score": answer.score,
+        "score": float(answer.score),
         "scale_max": answer.scale_max,
         "channel": answer.channel,
-        "occurred_at": iso(answer.occurred_at),
+        "occurred_at": iso(answer.at),
         "journey": journey,
     }
     return Alert(

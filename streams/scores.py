@@ -97,13 +97,17 @@ def answer_tally(metric: str, score: float, scale_max: int | None) -> Tally:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One survey answer with where it belongs: event time (epoch ms) and segments."""
+    """One survey answer with where it belongs: event time (epoch ms) and segments, and
+    whose it is (for the alerts)."""
 
     at: int
     metric: str
     score: float
     scale_max: int | None
     segments: tuple[tuple[str, str], ...]
+    event_id: str = ""
+    customer_id: str = ""
+    channel: str = ""
 
 
 def bucket_of(at_ms: int, bucket_ms: int) -> int:

@@ -9,7 +9,7 @@ table, persists :meth:`Stitcher.changes` and hands :attr:`StitchOutput.rows` to 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,6 @@ from sinks.rows import (
     redirect_rows,
     refusal_row,
 )
-from streams.alerts import AnswerFacts
 from streams.dedup import DuplicateWindow
 from streams.effort import CaseBook, Contact, is_contact
 from streams.identity import Stitcher
@@ -99,6 +98,11 @@ class StitchOutput:
     late: int = 0
     #: tallies of the answers that were not late, for the stream's rolling view
     on_time: dict[Key, Tally] = field(default_factory=dict)
+    #: every answer stitched (late ones too), with its customer
+    answers: list[Answer] = field(default_factory=list)
+    #: (customer, case) of every contact with an effort row, and the segments of the
+    #: case's newest such contact
+    cases: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,7 @@ def stitch_rows(
     scores: list[tuple[Any, ...]] = []
     on_time: list[Answer] = []
     effort_rows: dict[str, tuple[Any, ...]] = {}
+    effort_contacts: dict[str, Contact] = {}
     effort_view: dict[Key, Tally] = {}
     for offset, record_rows in records:
         answers: list[Answer] = []
@@ -181,8 +186,12 @@ def stitch_rows(
                     row[_SCORE],
                     row[_SCALE],
                     segments_of(row[_CHANNEL], stage, row[_CONTEXT], rules.dimensions),
+                    row[_EVENT_ID],
+                    result.customer_id,
+                    row[_CHANNEL],
                 )
                 answers.append(answer)
+                out.answers.append(answer)
                 if not late:
                     on_time.append(answer)
             if cases is not None and is_contact(
@@ -206,6 +215,7 @@ def stitch_rows(
                 )
                 for changed, before in cases.apply(contact):
                     effort_rows[changed.event_id] = _effort_row(changed, effort_version)
+                    effort_contacts[changed.event_id] = changed
                     if (late or not result.applied) and changed is contact:
                         continue  # late, or already counted before a replay
                     start = bucket_of(changed.at, rules.bucket_ms)
@@ -217,6 +227,7 @@ def stitch_rows(
         if answers:
             scores.append(_score_row(offset, record_rows[0][_EVENT_ID], now_ms, answers, rules))
     out.on_time = tally_answers(on_time, rules.bucket_ms)
+    out.cases = _touched_cases(effort_contacts.values(), rules.dimensions)
     out.on_time.update(effort_view)
     changes = stitcher.changes()
     customers = []
@@ -304,40 +315,18 @@ def chunk_rows(encoded: Sequence[bytes], max_bytes: int) -> list[bytes]:
     return chunks
 
 
-def survey_answers(rows: Sequence[Sequence[Any]], dimensions: Sequence[str]) -> list[AnswerFacts]:
-    """The survey answers among stitched ``events_store`` rows, with their customers."""
-    out = []
-    for row in rows:
-        if row[_METRIC] is None or row[_SCORE] is None:
-            continue
-        out.append(
-            AnswerFacts(
-                row[_EVENT_ID],
-                row[CUSTOMER_ID_COLUMN],
-                row[_OCCURRED_AT],
-                row[_CHANNEL],
-                row[_METRIC],
-                float(row[_SCORE]),
-                row[_SCALE],
-                segments_of(row[_CHANNEL], row[_STAGE], row[_CONTEXT], dimensions),
-            )
-        )
-    return out
-
-
-def touched_cases(
-    effort_rows: Sequence[Sequence[Any]], dimensions: Sequence[str]
+def _touched_cases(
+    contacts: Iterable[Contact], dimensions: Sequence[str]
 ) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
-    """(customer, case) of every ``effort_store`` row with a case, and the segments of
-    its newest contact in the rows."""
+    """(customer, case) of every contact with a case, and the segments of the case's
+    newest contact among them."""
     out: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
     newest: dict[tuple[str, str], int] = {}
-    for row in effort_rows:
-        _event_id, at, customer_id, case_id, channel, stage, context = row[:7]
-        if case_id is None:
+    for c in contacts:
+        if c.case_id is None:
             continue
-        key = (customer_id, case_id)
-        if at >= newest.get(key, at):
-            newest[key] = at
-            out[key] = segments_of(channel, stage, context, dimensions)
+        key = (c.customer_id, c.case_id)
+        if c.at >= newest.get(key, c.at):
+            newest[key] = c.at
+            out[key] = segments_of(c.channel, c.stage, c.context, dimensions)
     return out

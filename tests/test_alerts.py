@@ -16,7 +16,6 @@ from schemas.alert_rules import DetractorRule, EffortSpikeRule, ScoreDropRule
 from schemas.alerts import Alert
 from schemas.customer import Customer, Journey, OpenCase, Touch
 from streams.alerts import (
-    AnswerFacts,
     DropDetector,
     compare,
     detractor_alert,
@@ -243,7 +242,7 @@ def test_a_detractor_alert_carries_the_recent_journey() -> None:
         recent=[Touch(f"e{i}", NOW - (5 - i) * MINUTE, "web", "page_view") for i in range(5)],
     )
     customer = Customer("cust-1", journey=journey)
-    answer = AnswerFacts("ev-9", "cust-1", NOW, "web", "nps", 2.0, None, SEGMENTS)
+    answer = Answer(NOW, "nps", 2.0, None, SEGMENTS, "ev-9", "cust-1", "web")
     alert = detractor_alert(
         DetractorRule(recent_touchpoints=3), answer, customer, {"case-1": 45}, NOW
     )
@@ -257,7 +256,7 @@ def test_a_detractor_alert_carries_the_recent_journey() -> None:
     # the id follows the answer: a replay of the same answer fires the same alert
     again = detractor_alert(DetractorRule(), answer, None, {}, NOW + 5000)
     assert again is not None and again.id == alert.id
-    promoter = AnswerFacts("ev-10", "cust-1", NOW, "web", "nps", 10.0, None, SEGMENTS)
+    promoter = Answer(NOW, "nps", 10.0, None, SEGMENTS, "ev-10", "cust-1", "web")
     assert detractor_alert(DetractorRule(), promoter, customer, {}, NOW) is None
 
 
