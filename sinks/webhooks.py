@@ -244,7 +244,6 @@ class Deliverer:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: dict[str, int] = {}
-        self._side: set[asyncio.Task[None]] = set()
         self._settling: set[asyncio.Task[None]] = set()
         self._futures: dict[str, asyncio.Future[list[Outcome]]] = {}
 
@@ -306,10 +305,7 @@ class Deliverer:
             try:
                 self._queues[name].put_nowait(_Job(alert, done, result))
             except asyncio.QueueFull:
-                outcome = Outcome(alert.id, name, "dead", 0, 0, "queue full")
-                task = asyncio.create_task(self._settle(outcome, done))
-                self._side.add(task)
-                task.add_done_callback(self._side.discard)
+                self._settle_soon(Outcome(alert.id, name, "dead", 0, 0, "queue full"), done)
             self._gauge(name)
         return result
 
@@ -323,6 +319,12 @@ class Deliverer:
         if self._metrics is not None:
             depth = self._queues[name].qsize() + self._busy[name]
             self._metrics.alert_queue.labels(name).set(depth)
+
+    def _settle_soon(self, outcome: Outcome, done: Callable[[Outcome | None], None]) -> None:
+        """Store ``outcome`` in its own task (``stop`` waits for it), then call ``done``."""
+        task = asyncio.create_task(self._settle(outcome, done))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def _settle(self, outcome: Outcome, done: Callable[[Outcome | None], None]) -> None:
         try:
@@ -355,9 +357,7 @@ class Deliverer:
                 else:
                     # the next alert goes out while this outcome is being stored: its
                     # ledger write waits for a sink flush, which must not pace delivery
-                    settle = asyncio.create_task(self._settle(outcome, job.done))
-                    self._settling.add(settle)
-                    settle.add_done_callback(self._settling.discard)
+                    self._settle_soon(outcome, job.done)
             except asyncio.CancelledError:
                 raise
             except Exception:

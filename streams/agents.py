@@ -221,11 +221,7 @@ def register_agents(worker: Worker) -> None:
         bring the stitch agent round: look at the scores then too (on the stitch owner)."""
         if worker.watermarks is None or not settings.alerts.score_drop.enabled:
             return
-        for alert in look_at_scores(worker, int(time.time() * 1000)):
-            await app.producer.send(
-                settings.alerts_topic, alert.id.encode(), alert.to_json(), None, None, None
-            )
-            worker.metrics.alerts_fired.labels(alert.type).inc()
+        await _publish_alerts(worker, look_at_scores(worker, int(time.time() * 1000)))
 
     @app.timer(interval=settings.journey_compact_interval_s)  # type: ignore[untyped-decorator]
     async def request_compaction() -> None:
@@ -342,11 +338,7 @@ async def _stitch_segment(
         detector.changed = False
     rows_stored = asyncio.Event()
     _write_state(worker, stitcher, window_items, after=rows_stored, then=on_stored)
-    for alert in alerts:
-        await worker.app.producer.send(
-            worker.settings.alerts_topic, alert.id.encode(), alert.to_json(), None, None, None
-        )
-        metrics.alerts_fired.labels(alert.type).inc()
+    await _publish_alerts(worker, alerts)
     metrics.late.inc(out.late)
     low = watermarks.low()
     if low is not None:
@@ -370,6 +362,16 @@ async def _stitch_segment(
     # the token names this attempt: a replay must replace the record's scores row, and
     # the events rows written with it, never be dropped as a repeat of an earlier insert
     await sink.add(out.rows, on_stored=rows_stored.set, token=f"stitch:{first}-{last}@{now_ms}")
+
+
+async def _publish_alerts(worker: Worker, alerts: Sequence[Alert]) -> None:
+    """Send alerts to the alerts topic (key: the alert id), where the alerts agent stores
+    and delivers them."""
+    for alert in alerts:
+        await worker.app.producer.send(
+            worker.settings.alerts_topic, alert.id.encode(), alert.to_json(), None, None, None
+        )
+        worker.metrics.alerts_fired.labels(alert.type).inc()
 
 
 def _fire_alerts(
