@@ -25,7 +25,7 @@ import base64
 import re
 from collections.abc import Mapping
 from statistics import NormalDist
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -48,10 +48,10 @@ __all__ = [
     "signing_keys",
 ]
 
-ALERT_TYPES = ("score.dropped", "score.recovered", "customer.detractor", "customer.effort_spike")
 AlertType = Literal[
     "score.dropped", "score.recovered", "customer.detractor", "customer.effort_spike"
 ]
+ALERT_TYPES: tuple[AlertType, ...] = get_args(AlertType)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -138,7 +138,7 @@ class Endpoint(_Rule):
     #: environment variable holding the ``whsec_...`` secret; default
     #: TOUCHPOINT_WEBHOOK_SECRET_<NAME>
     secret_env: str | None = None
-    types: tuple[AlertType, ...] = ALERT_TYPES  # type: ignore[assignment]
+    types: tuple[AlertType, ...] = ALERT_TYPES
     #: ``kind:value`` segments (``channel:web``); empty means every segment
     segments: tuple[str, ...] = ()
     timeout: Duration = 5.0

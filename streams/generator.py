@@ -74,6 +74,11 @@ BAD_KINDS = (
 )
 
 
+#: What an incident adds to the effort behind an answer given on its channel (the
+#: answers then come from the hardest journeys: mostly detractors).
+INCIDENT_EFFORT = 6
+
+
 @dataclass(frozen=True)
 class Incident:
     """A service incident on one channel, from ``begins`` (a fraction of the span) for
@@ -282,7 +287,7 @@ class _Journeys:
             when,
             event_id,
             rng.choice(("nps", "csat")),
-            effort=6 * self.config.in_incident(channel, when),
+            effort=0,
             channel=channel,
         )
 
@@ -424,7 +429,7 @@ class _Journeys:
                 when,
                 event_id,
                 self.rng.choice(("ces", "nps", "nps", "csat")),
-                effort=effort + 6 * self.config.in_incident(channel, when),
+                effort=effort,
                 case_id=case,
                 channel=channel,
             )
@@ -451,6 +456,8 @@ class _Journeys:
         channel: str = "survey",
     ) -> dict[str, Any]:
         rng = self.rng
+        if self.config.in_incident(channel, when):
+            effort += INCIDENT_EFFORT
         hardship = min(1.0, effort / 6)  # high-effort journeys answer lower
         if metric == "nps":
             score: float = max(0, min(10, round(rng.gauss(8.2 - 5 * hardship, 2.0))))
