@@ -311,13 +311,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         totals = counts()
         client = _clickhouse_client(clickhouse.url)
 
-        def stored() -> bool:
-            events = client.query("SELECT count() FROM touchpoints.events").result_rows[0][0]
-            letters = client.query("SELECT count() FROM touchpoints.dead_letters").result_rows
-            return bool(events == totals["accepted"] and letters[0][0] == totals["dead_lettered"])
+        from streams.settings import Settings
+        from streams.topics import stitch_topic_name, uncommitted
 
-        _wait(stored, worker, 300, "ClickHouse to hold every row")
-        from streams.topics import uncommitted
+        defaults = Settings.model_construct()  # what the demo's worker runs with
 
         def looked_through() -> bool:
             """Score alerts have looked at the windows up to the newest event (event time
@@ -327,16 +324,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return newest is not None and looked is not None and looked >= newest - 60_000
 
         _wait(looked_through, worker, 120, "the score alerts to look at every window")
+        # committed only once stored: every row of the events, the dead letters and the
+        # alerts is in ClickHouse once the group has committed these to their ends
         settled = [
             *(f"touchpoints.{c}" for c in CHANNELS),
-            "touchpoint-streams-stitch",
-            "touchpoints.alerts",
+            stitch_topic_name(defaults),
+            defaults.alerts_topic,
         ]
         _wait(
-            lambda: not asyncio.run(uncommitted(broker.bootstrap, "touchpoint-streams", settled)),
+            lambda: not asyncio.run(uncommitted(broker.bootstrap, defaults.app_id, settled)),
             worker,
-            120,
-            "the stitched rows and the alerts to be stored",
+            300,
+            "ClickHouse to hold every row and alert",
         )
         by_channel = client.query(
             "SELECT channel, count() FROM touchpoints.events GROUP BY channel ORDER BY 2 DESC"

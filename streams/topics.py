@@ -163,6 +163,8 @@ async def uncommitted(
         ends = await consumer.end_offsets(parts)
         behind = {}
         for tp, end in ends.items():
+            if end == 0:
+                continue  # nothing to commit (and one request fewer per partition)
             at = await consumer.committed(tp) or 0
             if at < end:
                 behind[(tp.topic, tp.partition)] = (at, end)
