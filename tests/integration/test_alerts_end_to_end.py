@@ -45,6 +45,18 @@ INCIDENT_WEB = [3, 6, 9, 2, 5, 10, 0, 6]
 STEADY_CHAT = [10, 9, 6, 8, 9, 10, 7, 3]
 
 
+def hooks(receiver: Receiver, **options: Any) -> dict[str, Any]:
+    """The test receiver as the endpoint ``hooks`` (its secret: ``SECRET``), plain HTTP on
+    loopback allowed."""
+    return {
+        "name": "hooks",
+        "url": f"{receiver.url}/hooks",
+        "allow_http": True,
+        "allow_private": True,
+        **options,
+    }
+
+
 def answer(event_id: str, at: int, channel: str, score: int, person: str) -> dict[str, Any]:
     """A survey answer; ``channel`` says which topic it goes to (the topic names it)."""
     return event(
@@ -73,14 +85,7 @@ async def test_one_drop_for_the_falling_channel_and_one_alert_per_detractor_answ
                     "evaluate_every": 0.2,
                 },
                 "detractor": {"metrics": ["nps"]},
-                "endpoints": [
-                    {
-                        "name": "hooks",
-                        "url": f"{receiver.url}/hooks",
-                        "allow_http": True,
-                        "allow_private": True,
-                    }
-                ],
+                "endpoints": [hooks(receiver)],
             }
         )
         topics = {c: channel_topic(stack, c) for c in ("web", "chat")}
@@ -181,15 +186,7 @@ async def test_the_demo_incident_fires_one_drop_for_its_channel_and_none_for_the
     channel, none for the others, and the hook receives the drop once, signed."""
     async with Receiver() as receiver:
         rules = json.loads(json.dumps(DEMO_ALERTS))
-        rules["endpoints"] = [
-            {
-                "name": "hooks",
-                "url": f"{receiver.url}/hooks",
-                "types": ["score.dropped", "score.recovered"],
-                "allow_http": True,
-                "allow_private": True,
-            }
-        ]
+        rules["endpoints"] = [hooks(receiver, types=["score.dropped", "score.recovered"])]
         stack.env["TOUCHPOINT_ALERTS"] = json.dumps(rules)
         stack.env["TOUCHPOINT_WEBHOOK_SECRET_HOOKS"] = SECRET
         config = demo_config(start=datetime.now(UTC) - timedelta(days=14))
@@ -241,8 +238,8 @@ async def test_the_demo_incident_fires_one_drop_for_its_channel_and_none_for_the
             ("score.dropped", f"channel:{incident}:nps", "delivered"),
             ("score.recovered", f"channel:{incident}:nps", "delivered"),
         ]
-        hooks = [verify(SECRET, r.headers, r.body) for r in receiver.requests]
-        assert sorted(h["type"] for h in hooks) == ["score.dropped", "score.recovered"]
-        drop = next(h["data"] for h in hooks if h["type"] == "score.dropped")
+        received = [verify(SECRET, r.headers, r.body) for r in receiver.requests]
+        assert sorted(h["type"] for h in received) == ["score.dropped", "score.recovered"]
+        drop = next(h["data"] for h in received if h["type"] == "score.dropped")
         assert drop["segment"] == {"kind": "channel", "value": incident}
         assert drop["after"]["value"] < drop["before"]["value"] - drop["margin_of_error"]
