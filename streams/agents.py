@@ -195,17 +195,18 @@ def register_agents(worker: Worker) -> None:
                 )
                 event.ack()
                 continue
-            endpoints = deliverer.matching(alert)
-            stored = asyncio.Event()
-            now_ms = int(time.time() * 1000)
-            await sink.add(
-                {"alerts_store": [alert_row(alert, endpoints, now_ms)]},
-                on_stored=stored.set,
-                token=f"alert:{alert.id}@{now_ms}",
-            )
+            # delivery first: storing the alert may wait for room in the sink (the
+            # stitch agent's rows share it), which must not hold the webhook back
             settled = deliverer.submit(alert)
             in_flight = worker.alerts_in_flight.setdefault(message.partition, {})
             in_flight[alert.id] = settled
+            stored = asyncio.Event()
+            now_ms = int(time.time() * 1000)
+            await sink.add(
+                {"alerts_store": [alert_row(alert, deliverer.matching(alert), now_ms)]},
+                on_stored=stored.set,
+                token=f"alert:{alert.id}@{now_ms}",
+            )
             worker.spawn(_ack_alert(event, stored, settled, in_flight, alert.id))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
