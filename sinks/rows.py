@@ -24,7 +24,9 @@ __all__ = [
     "customer_row",
     "dead_letter_row",
     "deleted_customer_row",
+    "duplicate_of",
     "event_row",
+    "ledger_row",
     "merge_row",
     "redirect_rows",
     "refusal_row",
@@ -103,6 +105,45 @@ def dead_letter_row(letter: DeadLetter) -> tuple[Any, ...]:
         letter.key,
         letter.raw,
         [(name, value) for name, value in letter.headers],
+    )
+
+
+def duplicate_of(ingested: IngestedEvent) -> tuple[Any, ...]:
+    """The ``duplicates_store`` row of a message ingest's duplicate window caught."""
+    source = ingested.source
+    return (
+        source.topic,
+        source.partition,
+        source.offset,
+        ingested.event.event_id,
+        "ingest",
+        to_ms(ingested.received_at),
+    )
+
+
+def ledger_row(
+    topic: str,
+    partition: int,
+    first_offset: int,
+    last_offset: int,
+    settled_from: int,
+    outcomes: tuple[int, int, int],
+    read_at: datetime,
+) -> tuple[Any, ...]:
+    """The ``ingest_ledger_store`` row of one ingest batch: the offsets it read and
+    settles, and how many records were accepted, duplicates and dead-lettered."""
+    accepted, duplicates, dead_lettered = outcomes
+    return (
+        topic,
+        partition,
+        first_offset,
+        last_offset,
+        settled_from,
+        accepted + duplicates + dead_lettered,
+        accepted,
+        duplicates,
+        dead_lettered,
+        to_ms(read_at),
     )
 
 

@@ -54,8 +54,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run the stream processor until interrupted."""
     settings = _settings(args)
     _configure_logging(settings.log_level)
-    from faust import Worker as FaustWorker
-
     from schemas.alert_rules import signing_keys
 
     try:
@@ -64,7 +62,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SystemExit(f"cannot start: {exc}") from None
 
     from streams.app import clean_run, create_worker
-    from streams.topics import discover_input_topics, ensure_stitch_topic, ensure_topics
+    from streams.topics import (
+        discover_input_topics,
+        ensure_changelog_topics,
+        ensure_stitch_topic,
+        ensure_topics,
+    )
 
     async def prepare() -> tuple[str, ...]:
         await _migrate(settings)
@@ -72,6 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             settings, [settings.dlq_topic, settings.alerts_topic, settings.merges_topic]
         )
         await ensure_stitch_topic(settings)
+        await ensure_changelog_topics(settings)
         found = await discover_input_topics(settings)
         for name, count in found.refused.items():
             logger.error(
@@ -82,11 +86,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
             )
         return found.usable
 
+    from streams.lifecycle import SupervisedWorker, retry_until_ready
+
+    what = f"Kafka at {settings.kafka_bootstrap} and ClickHouse at {settings.clickhouse_url}"
     try:
-        topics = asyncio.run(prepare())
+        topics = asyncio.run(retry_until_ready(prepare, what, settings.startup_timeout_s))
     except Exception as exc:
         raise SystemExit(
-            f"cannot start: {exc}\nCheck TOUCHPOINT_KAFKA_BOOTSTRAP "
+            f"cannot start: {exc}\nWaited {settings.startup_timeout_s:g} s "
+            f"(TOUCHPOINT_STARTUP_TIMEOUT_S). Check TOUCHPOINT_KAFKA_BOOTSTRAP "
             f"({settings.kafka_bootstrap}) and TOUCHPOINT_CLICKHOUSE_URL "
             f"({settings.clickhouse_url})."
         ) from None
@@ -94,11 +102,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "reading %d input topics: %s", len(topics), ", ".join(topics) or "(none yet; discovering)"
     )
     worker = create_worker(settings, topics, keys)
-    faust_worker = FaustWorker(
+    faust_worker = SupervisedWorker(
         worker.app,
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
     )
     # Faust's start-up spinner sets the root logger to DEBUG whenever the level is WARNING
     # or above, so every library formats every debug record (about 7% of the stitch path)
@@ -249,6 +258,76 @@ def cmd_effort_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- verify ------------------------------------------------------------------------------
+
+
+async def _verify(settings: Settings, deep: bool) -> tuple[int, dict[str, object], list[str]]:
+    from sinks.truth import truth_checks
+    from streams.app import open_clickhouse
+    from streams.reconcile import reconcile
+
+    client = await open_clickhouse(settings)
+    try:
+        report = await reconcile(settings, client)
+        lines = report.lines()
+        found: dict[str, object] = {
+            "unread": report.unread,
+            "missing": report.missing,
+            "pending_stitch_records": report.pending,
+            "partitions": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "start": p.start,
+                    "committed": p.committed,
+                    "end": p.end,
+                    "read": p.read,
+                    "unread": p.unread,
+                    "missing": p.missing,
+                }
+                for p in report.partitions
+            ],
+        }
+        status = 1 if report.difference else (3 if report.pending else 0)
+        if deep:
+            differences = await truth_checks(
+                client,
+                settings.clickhouse_database,
+                dimensions=settings.score_segments,
+                assisted=sorted(settings.effort_assisted_channels),
+                bucket_s=settings.score_bucket_s,
+                repeat_window_s=settings.effort_repeat_window_s,
+            )
+            lines += ["aggregates against a recomputation from events:"]
+            lines += [f"  {d}" for d in differences]
+            found["aggregates"] = {d.check: d.differing for d in differences}
+            if any(not d.ok for d in differences) and status == 0:
+                status = 1
+    finally:
+        await client.close()
+    return status, found, lines
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Reconcile committed offsets with the ledger and what ClickHouse holds."""
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    try:
+        status, found, lines = asyncio.run(_verify(settings, args.deep))
+    except Exception as exc:
+        raise SystemExit(
+            f"verify failed: {exc}\nCheck TOUCHPOINT_KAFKA_BOOTSTRAP and "
+            f"TOUCHPOINT_CLICKHOUSE_URL (is ClickHouse migrated?)."
+        ) from None
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print("\n".join(lines))
+        if status == 3:
+            print("pending: the stitch topic is not committed to its end; run again when drained")
+    return status
+
+
 # --- schema / config ---------------------------------------------------------------------
 
 
@@ -305,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=120.0, help="seconds to wait for a worker to confirm"
     )
 
+    verify = add(
+        "verify",
+        cmd_verify,
+        "reconcile every input partition: offsets the consumer group committed that no "
+        "batch read, and messages read that ClickHouse holds no outcome for; exit 1 on a "
+        "difference, 3 while the stitch topic still has records to store",
+    )
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="also recompute scores, journeys and effort from events and compare",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+
     add(
         "effort-check",
         cmd_effort_check,
@@ -313,8 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from streams import commands as extra
+    from streams.tools import commands as tools
 
     extra.register(add)
+    tools.register(add)
     return parser
 
 

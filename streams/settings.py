@@ -122,6 +122,29 @@ class Settings(BaseSettings):
         description="a worker that stops heart-beating this long loses its partitions",
     )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    startup_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long a starting worker waits for Kafka and ClickHouse (0: no limit)",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a stop (SIGTERM) that takes longer ends the process at once, status 1; "
+        "the local state is then rebuilt from the changelogs at the next start",
+    )
+    reconcile_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="how often a worker checks the ledger for committed offsets nothing read "
+        "(touchpoint_unaccounted_offsets); 0 turns the check off",
+    )
+    revoke_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="how long a rebalance or a stop waits for batches in processing before "
+        "it leaves them uncommitted (whoever holds the partition next reads them again)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- Validation and normalisation --------------------------------------------------
