@@ -57,6 +57,10 @@ class Reason(StrEnum):
     """occurred_at is older than the configured age (only when the time policy dead-letters)."""
     EVENT_IN_FUTURE = "event_in_future"
     """occurred_at is too far ahead (only when the time policy dead-letters)."""
+    TOO_DEEP = "too_deep"
+    """Objects and arrays nested deeper than the limit (32 levels, the event counting as one)."""
+    SCHEMA_REGISTRY_FRAMING = "schema_registry_framing"
+    """The value starts with a Schema Registry header (a zero byte, a 4-byte schema id)."""
     PROCESSING_ERROR = "processing_error"
     """An unexpected error while processing this message; the detail says which."""
 

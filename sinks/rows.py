@@ -8,7 +8,7 @@ be inserted on the other side unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,11 +34,15 @@ __all__ = [
 #: Position of ``customer_id`` in an event row (filled in by the stitch agent).
 CUSTOMER_ID_COLUMN = EVENT_COLUMNS.index("customer_id")
 _SCALE_MAX = {"nps": 10, "csat": 5, "ces": 7}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def to_ms(value: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    return int(value.timestamp() * 1000)
+    """Epoch milliseconds of an aware datetime, exactly (floored to the millisecond)."""
+    # integer arithmetic: value.timestamp() * 1000 is a float, off by one for about one
+    # millisecond value in a hundred
+    return (value - _EPOCH) // _ONE_MS
 
 
 def event_row(ingested: IngestedEvent) -> list[Any]:
