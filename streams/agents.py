@@ -40,7 +40,7 @@ from mode import CrashingSupervisor
 from schemas.alerts import Alert
 from schemas.customer import customer_from_json, customer_to_json
 from sinks.alerts import alert_row
-from sinks.rows import dead_letter_row, duplicate_of, event_row, ledger_row
+from sinks.rows import dead_letter_row, duplicate_of, ledger_row
 from streams.alerts import DropDetector, detractor_alert, effort_spike_alert, looks
 from streams.batching import RecordBatch
 from streams.dedup import Chunk
@@ -120,7 +120,7 @@ def register_agents(worker: Worker) -> None:
             forwarded: list[Any] = [
                 await worker.dead_letters.publish(d) for d in result.dead_letters
             ]
-            encoded = [orjson.dumps(event_row(e)) for e in result.accepted]
+            encoded = [e.row for e in result.accepted]  # serialised by ingest, per message
             for chunk in chunk_rows(encoded, STITCH_RECORD_BYTES):
                 forwarded.append(
                     await app.producer.send(worker.stitch_topic_name, None, chunk, 0, None, None)
