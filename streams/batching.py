@@ -156,7 +156,8 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
                 or tp in active_partitions
                 or tp in self._buffered_partitions
             ):
-                self._drop({tp: run})
+                # paused while the fetch was under way; the consumer has moved past it
+                self._drop({tp: run}, read_again=True)
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if not self._is_batched(tp.topic):
@@ -167,12 +168,25 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
             if message is not None:
                 yield tp, message
 
-    def _drop(self, records: Mapping[TP, Sequence[Any]]) -> None:
+    def _drop(self, records: Mapping[TP, Sequence[Any]], read_again: bool = False) -> None:
         """Runs fetched and not delivered: a gap they leave must be read again, never
-        taken as empty."""
+        taken as empty.
+
+        ``read_again``: the partition was paused within the generation. A batched one is
+        read again by its cursor's gap rule; any other topic read by an agent (the
+        alerts topic) is sent back to the dropped run's start, or Faust's drain loop
+        would register the offsets skipped as a gap settled, and commit past them.
+        Changelogs are positioned by Faust's recovery, which reads them again from the
+        stores' offsets.
+        """
         for tp, run in records.items():
+            if not run:
+                continue
+            if read_again and not self._is_batched(tp.topic) and not self._is_changelog_tp(tp):
+                self._thread.seek(tp, int(run[0].offset))
+                continue
             cursor = self._cursors.get(tp)
-            if cursor is not None and run:
+            if cursor is not None:
                 cursor.probing = False
                 logger.debug(
                     "run %s[%d] %d-%d fetched and not delivered",

@@ -296,3 +296,15 @@ async def test_a_partition_held_active_is_not_also_a_standby_of_the_same_worker(
         TP("app-dedup-changelog", 2),
     }
     assert TP("app-identity-changelog", 0) in assignor.assigned_actives()
+
+
+async def test_a_run_of_an_agent_topic_dropped_while_paused_is_read_again() -> None:
+    """A topic read message by message (the alerts topic): Faust would register the
+    offsets of a run dropped for a paused partition as a settled gap at its next
+    delivery, and commit past them. The consumer is sent back to read them again."""
+    h = Harness(committed=100)
+    alerts = TP("touchpoints.alerts", 3)
+    h._next = {alerts: _records(40, 44)}  # fetched; the partition is not active
+    delivered = [message async for _tp, message in h.consumer.getmany(1.0)]
+    assert delivered == []
+    assert h.kafka.seeks == [(alerts, 40)]
