@@ -207,7 +207,8 @@ ORDER BY switches DESC, from_channel, to_channel
 DRIVER_LEVELS = ("0", "1", "2", "3+")
 
 #: NPS and CES answers about a case (``case_id``), by how many transfers, escalations,
-#: repeat contacts and channel switches the case's contacts had up to the answer.
+#: repeat contacts and channel switches the case's contacts had up to the answer (an
+#: answer given on an assisted channel is a contact of its case too; it is left out).
 #: (Aliases never reuse a column's name: ClickHouse would read the alias in WHERE.)
 DRIVERS = f"""
 SELECT
@@ -225,10 +226,14 @@ SELECT
 FROM
 (
     SELECT a.event_id AS answer, any(a.metric) AS metric, any(a.given) AS given,
-           sumIf(f.transferred, f.occurred_at <= a.occurred_at) AS transfers,
-           sumIf(f.escalated, f.occurred_at <= a.occurred_at) AS escalations,
-           sumIf(f.repeat_contact, f.occurred_at <= a.occurred_at) AS repeats,
-           sumIf(f.channel_switch, f.occurred_at <= a.occurred_at) AS switches
+           sumIf(f.transferred, f.occurred_at <= a.occurred_at AND f.contact != a.event_id)
+               AS transfers,
+           sumIf(f.escalated, f.occurred_at <= a.occurred_at AND f.contact != a.event_id)
+               AS escalations,
+           sumIf(f.repeat_contact, f.occurred_at <= a.occurred_at AND f.contact != a.event_id)
+               AS repeats,
+           sumIf(f.channel_switch, f.occurred_at <= a.occurred_at AND f.contact != a.event_id)
+               AS switches
     FROM
     (
         SELECT event_id, occurred_at, assumeNotNull(case_id) AS answer_case,
@@ -239,8 +244,8 @@ FROM
     ) AS a
     LEFT JOIN
     (
-        SELECT assumeNotNull(case_id) AS contact_case, occurred_at, transferred, escalated,
-               repeat_contact, channel_switch
+        SELECT event_id AS contact, assumeNotNull(case_id) AS contact_case, occurred_at,
+               transferred, escalated, repeat_contact, channel_switch
         FROM {{db}}.effort
         WHERE case_id IS NOT NULL
     ) AS f ON f.contact_case = a.answer_case
@@ -350,7 +355,8 @@ def score_alert_rows(
     rows: Sequence[dict[str, Any]], start: datetime | None, end: datetime | None
 ) -> list[dict[str, Any]]:
     """Score alerts as the charts place them: at the end of the window they judged
-    (event time), with both windows; only those whose window ends in [start, end]."""
+    (event time), with both windows; only those whose window ends in [start, end], in
+    event-time order."""
     out = []
     low = _plain(start) if start else None
     high = _plain(end) if end else None
@@ -378,7 +384,7 @@ def score_alert_rows(
                 "dropped_alert_id": data.get("dropped_alert_id"),
             }
         )
-    return out
+    return sorted(out, key=lambda a: (a["at"], a["type"], a["alert_id"]))
 
 
 async def load_report_data(client: Any, database: str, query: ReportQuery) -> dict[str, Any]:
