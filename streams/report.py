@@ -457,7 +457,7 @@ def _stages_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
         hovertemplate="%{y}: %{x} customers<extra></extra>",
     )
     fig.update_xaxes(title_text="customers")
-    return _layout(fig, 120 + 32 * len(rows))
+    return _layout(fig, max(260, 120 + 32 * len(rows)))
 
 
 def _flow_figure(
@@ -584,7 +584,7 @@ def _identity_figure(merges: Sequence[Mapping[str, Any]], refusals: Sequence[Any
             row=1,
             col=col,
         )
-    height = 140 + 30 * max(len(merges), len(refusals), 1)
+    height = max(260, 140 + 30 * max(len(merges), len(refusals)))
     return _layout(fig, height)
 
 
