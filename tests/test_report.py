@@ -225,3 +225,11 @@ def test_a_bundle_that_would_end_its_script_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot be inlined"):
         render_report(empty_data(), generated_at=NOW, database="d", query=ReportQuery(),
                       plotly_js="x = '</script>';")  # fmt: skip
+
+
+def test_the_page_module_needs_no_faust() -> None:
+    import subprocess
+    import sys
+
+    check = "import sys, streams.report; sys.exit('faust' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
