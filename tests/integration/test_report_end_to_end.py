@@ -118,10 +118,13 @@ def build(stack: Stack, now: int) -> DataSet:
     for i in range(48):
         data.add(f"u{i % 10}", "web", t0 + 7 * HOUR + i * 75_000 + 2000, "survey_response",
                  survey={"metric": "nps", "score": BASELINE[i % 8]})  # fmt: skip
-    # support cases: a login, a call (maybe transferred or escalated), then the NPS answer
+    # support cases: a login, a call (maybe transferred or escalated), then the NPS answer.
+    # The login goes to the call centre's topic too (with no interaction nor case it is no
+    # contact), so it arrives before the call: each event keeps the stage its customer had
+    # when it was stitched, which depends on the order of arrival across topics.
     for n, (transferred, escalated, score) in enumerate(CASES):
         person, at, case = f"k{n}", t0 + 30 * MINUTE + n * 20 * MINUTE, f"case-k{n}"
-        data.add(person, "web", at, "login")
+        data.add(person, "call_center", at, "login")
         data.add(person, "call_center", at + MINUTE, "call", case_id=case,
                  interaction={"transferred": transferred, "escalated": escalated,
                               "wait_seconds": 30})  # fmt: skip
