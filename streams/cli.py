@@ -1,4 +1,5 @@
-"""The ``touchpoint`` command: worker, demo, migrate, generate, schema, benchmark, config.
+"""The ``touchpoint`` command: worker, demo, migrate, generate, schema, benchmark, config,
+report.
 
 Every command reads the same settings (``TOUCHPOINT_*`` environment variables or the
 TOML file given by ``--config`` / ``TOUCHPOINT_CONFIG``) and has ``--help``.
@@ -17,12 +18,16 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from streams.settings import Settings, load_settings
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from sinks.report_queries import ReportQuery
+
+__all__ = ["main", "write_report_file"]
 
 logger = logging.getLogger("touchpoint")
 
@@ -328,6 +333,110 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return status
 
 
+# --- report ------------------------------------------------------------------------------
+
+
+def _report_time(text: str) -> datetime:
+    """``--from`` / ``--to``: an ISO 8601 date or date and time; without an offset, UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date or time: {text!r} (e.g. 2026-11-01 or 2026-11-01T08:00:00+01:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _report_segment(text: str) -> str:
+    """``--segment``: ``KIND`` or ``KIND:*`` (every value of a kind) or ``KIND:VALUE``."""
+    kind, sep, value = text.partition(":")
+    if not kind or (sep and not value):
+        raise argparse.ArgumentTypeError(
+            f"not a segment: {text!r} (give KIND:VALUE, e.g. region:eu-west, or KIND:* for "
+            "every value of a kind, e.g. channel:*)"
+        )
+    return kind if value in ("", "*") else f"{kind}:{value}"
+
+
+def _report_step(text: str) -> int:
+    from schemas.alert_rules import parse_duration
+
+    try:
+        seconds = int(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 60:
+        raise argparse.ArgumentTypeError("--step is at least a minute (the score buckets')")
+    return seconds
+
+
+def write_report_file(
+    settings: Settings, output: Path, query: ReportQuery | None = None
+) -> dict[str, Any]:
+    """Write the report of ``settings``' ClickHouse to ``output``; returns what it
+    covers (the row of :data:`sinks.report_queries.COVERAGE`)."""
+    from sinks.report_queries import ReportQuery
+    from streams.report import write_report
+
+    async def run() -> dict[str, Any]:
+        import clickhouse_connect
+
+        client = await clickhouse_connect.get_async_client(
+            dsn=settings.clickhouse_url,
+            username=settings.clickhouse_user,
+            password=settings.clickhouse_password.get_secret_value(),
+            verify=settings.clickhouse_verify_tls,
+            autogenerate_session_id=False,
+        )
+        try:
+            data = await write_report(
+                client,
+                settings.clickhouse_database,
+                query or ReportQuery(),
+                output,
+                datetime.now(UTC),
+            )
+        finally:
+            await client.close()
+        return dict(data["coverage"])
+
+    return asyncio.run(run())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the analysts' report: one self-contained HTML file drawn from ClickHouse."""
+    from sinks.report_queries import ReportQuery
+
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    if args.start and args.end and args.start >= args.end:
+        raise SystemExit("--from must come before --to")
+    query = ReportQuery(
+        start=args.start,
+        end=args.end,
+        segments=tuple(dict.fromkeys(args.segment or ["channel"])),
+        step_s=args.step,
+    )
+    output = Path(args.output)
+    try:
+        covers = write_report_file(settings, output, query)
+    except Exception as exc:
+        raise SystemExit(
+            f"report failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}"
+            " and migrated (touchpoint migrate)?"
+        ) from None
+    span = (
+        f"{covers['first_event']} to {covers['last_event']}"
+        if covers["first_event"]
+        else "no events in the range"
+    )
+    print(
+        f"wrote {output.resolve()}: {covers['events']:,} events, {covers['customers']:,} "
+        f"customers, {covers['answers']:,} answers ({span})"
+    )
+    return 0
+
+
 # --- schema / config ---------------------------------------------------------------------
 
 
@@ -404,6 +513,30 @@ def build_parser() -> argparse.ArgumentParser:
         "how well the effort index tracks the CES answers in ClickHouse (correlation, "
         "sample size, mean effort per CES score)",
     )
+
+    report = add(
+        "report",
+        cmd_report,
+        "write the analysts' report: one self-contained HTML file (charts and their data "
+        "inside, opens offline) drawn from the ClickHouse views",
+    )
+    report.add_argument("--output", "-o", required=True, help="the HTML file to write")
+    report.add_argument(
+        "--from", dest="start", type=_report_time, help="event time from (ISO 8601; UTC)"
+    )
+    report.add_argument("--to", dest="end", type=_report_time, help="event time until, excluded")
+    report.add_argument(
+        "--segment",
+        action="append",
+        type=_report_segment,
+        metavar="KIND:VALUE",
+        help="a segment whose NPS, CSAT and CES to draw over time, e.g. region:eu-west; "
+        "KIND:* for every value of a kind; repeat for more (default channel:*)",
+    )
+    report.add_argument(
+        "--step", type=_report_step, help="time step of the charts, e.g. 1h, 6h, 1d "
+        "(default: from the span, at most 48 steps)",
+    )  # fmt: skip
 
     from streams import commands as extra
     from streams.tools import commands as tools
