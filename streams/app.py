@@ -138,7 +138,10 @@ async def open_clickhouse(settings: Settings) -> Any:
         password=settings.clickhouse_password.get_secret_value(),
         verify=settings.clickhouse_verify_tls,
         autogenerate_session_id=False,
-        settings={"async_insert": 0},
+        # on a cluster the sink writes through Distributed tables: an insert must reach
+        # the shards before its offsets are acked, with its deduplication token
+        settings={"async_insert": 0}
+        | ({"distributed_foreground_insert": 1} if settings.clickhouse_cluster else {}),
     )
 
 
