@@ -35,7 +35,7 @@ from streams.lag import LagSampler
 if TYPE_CHECKING:
     from streams.app import Worker
 
-__all__ = ["PAGES", "Probes", "install_pages"]
+__all__ = ["PAGES", "Probes", "install_pages", "main", "probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,3 +235,44 @@ def install_pages(worker: Worker) -> Probes:
         worker.metrics.set_consumer_lag(lag)
 
     return probes
+
+
+def probe(page: str, port: int, timeout_s: float = 3.0) -> int:
+    """Ask this machine's worker for ``/live`` or ``/ready``: 0 when it passes, else 1
+    (a container healthcheck's exit code). The failed checks go to stderr."""
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/{page}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            response.read()
+        return 0
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        sys.stderr.write(f"{page}: failed {', '.join(body.get('failed', [])) or exc.code}\n")
+    except OSError as exc:
+        sys.stderr.write(f"{page}: no answer from {url}: {exc}\n")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streams.web live|ready``: the worker's probes for a healthcheck."""
+    import argparse
+
+    from streams.settings import load_settings
+
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.web",
+        description="Ask the worker on this machine (TOUCHPOINT_WEB_PORT) for a probe; "
+        "exit 0 when it passes.",
+    )
+    parser.add_argument("page", choices=["live", "ready"])
+    args = parser.parse_args(argv)
+    return probe(args.page, load_settings().web_port)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

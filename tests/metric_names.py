@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "DASHBOARDS",
+    "PROMETHEUS_BUILTINS",
     "README",
     "RULES",
     "dashboard_expressions",
@@ -32,6 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
+
+#: Series Prometheus makes itself for every scrape target (not in any exposition).
+PROMETHEUS_BUILTINS = frozenset({"up"})
+
+#: Grafana's interval variables, replaced by a plain duration before parsing.
+_GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
 
 #: The project's own names and the process collector's.
 _NAME = re.compile(r"`((?:touchpoint|process)_[a-z0-9_]+)(?:\{[^`]*\})?`")
@@ -64,6 +71,8 @@ def documented_metric_names(text: str | None = None) -> set[str]:
 
 def promql_metric_names(expression: str) -> set[str]:
     """Metric names a PromQL expression selects (parsed, so a typo in it fails here)."""
+    for variable, value in _GRAFANA_VARIABLES.items():
+        expression = expression.replace(variable, value)
     found: set[str] = set()
 
     def visit(node: Any) -> None:
@@ -88,12 +97,13 @@ def rule_expressions() -> dict[str, str]:
 
 
 def dashboard_expressions() -> dict[str, str]:
-    """``dashboard file / panel title`` -> PromQL of every target on the Prometheus
-    datasource in the shipped dashboards (the ClickHouse ones are SQL)."""
+    """``dashboard file / panel title #n`` -> PromQL of every target on a Prometheus
+    datasource in the shipped dashboards (targets on ClickHouse are SQL)."""
     found: dict[str, str] = {}
     for path in sorted(DASHBOARDS.glob("*.json")):
         for panel in json.loads(path.read_text()).get("panels", []):
             for n, target in enumerate(panel.get("targets", [])):
-                if "expr" in target:
+                source = target.get("datasource") or panel.get("datasource") or {}
+                if source.get("type") == "prometheus":
                     found[f"{path.name} / {panel.get('title')} #{n}"] = target["expr"]
     return found

@@ -35,6 +35,15 @@ from tests.integration.test_worker_end_to_end import (
     create_topics,
     produce,
     settled,
+    wait_for,
+)
+from tests.metric_names import (
+    PROMETHEUS_BUILTINS,
+    dashboard_expressions,
+    documented_metric_names,
+    promql_metric_names,
+    rule_expressions,
+    sample_names,
 )
 
 pytestmark = pytest.mark.integration
@@ -256,3 +265,30 @@ async def test_ready_only_once_partitions_are_assigned_and_live_answers(served: 
         live = await http.get(f"{served.worker.web}/live", timeout=10)
     assert live.status_code == 200
     assert live.json()["failed"] == []
+
+
+async def test_every_metric_a_dashboard_rule_or_the_readme_names_is_exported(
+    served: Served,
+) -> None:
+    web = channel_topic(served.stack, "web")
+
+    async def lag_sampled() -> bool:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"{served.worker.web}/metrics", timeout=10)).text
+        return f'touchpoint_consumer_lag{{partition="0",topic="{web}"}} 0.0' in text
+
+    await wait_for(lag_sampled, served.worker, timeout=60, what="the consumer lag sample")
+    async with httpx.AsyncClient() as http:
+        exposition = (await http.get(f"{served.worker.web}/metrics", timeout=10)).text
+    exported = sample_names(exposition)
+    used = {
+        name: where
+        for where, expression in {**rule_expressions(), **dashboard_expressions()}.items()
+        for name in promql_metric_names(expression)
+    }
+    assert {n: w for n, w in used.items() if n not in exported | PROMETHEUS_BUILTINS} == {}
+    assert documented_metric_names() - exported == set()
+    ours = {n for n in exported if n.startswith(("touchpoint_", "process_"))}
+    assert ours - documented_metric_names() == set()
+    assert 'touchpoint_sink_inserted_rows_total{table="events_store"}' in exposition
+    assert "touchpoint_ready 1.0" in exposition
