@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-unit check fmt bench clean
+.PHONY: setup demo test test-unit check validate fmt bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,17 @@ test: setup
 test-unit: setup
 	$(BIN)/pytest -m "not integration"
 
-## check: lint, format check and strict type check
-check: setup
+## check: lint, format check, strict type check, and what CI cannot run (validate)
+check: setup validate
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## validate: the compose file, Kubernetes manifests and Dockerfile against their specifications
+validate: setup
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/python -m tests.kustomize deploy/kubernetes/base deploy/kubernetes/overlays/sasl-ssl
+	$(BIN)/hadolint deploy/Dockerfile
 
 ## fmt: format and fix what the linter can
 fmt: setup

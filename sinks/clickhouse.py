@@ -61,6 +61,11 @@ class SinkStats:
     insert_errors: int = 0
     pending_rows: int = 0
     last_insert_seconds: float = 0.0
+    #: ``time.monotonic()`` when the oldest row not yet stored was queued (in flight
+    #: included); None while every queued row is stored
+    oldest_pending_at: float | None = None
+    #: ``time.monotonic()`` of the last insert that succeeded; None before the first
+    last_stored_at: float | None = None
 
 
 @dataclass
@@ -133,6 +138,8 @@ class ClickHouseSink:
         pending = self._pending
         if not pending.rows and not pending.callbacks:
             pending.since = time.monotonic()
+            if self.stats.oldest_pending_at is None:
+                self.stats.oldest_pending_at = pending.since
         for table, table_rows in rows.items():
             if table not in TABLE_COLUMNS:
                 raise KeyError(f"no such table in the schema: {table}")
@@ -203,6 +210,7 @@ class ClickHouseSink:
             pending, self._pending = self._pending, _Pending()
             await self._insert_until_stored(pending)
             self.stats.pending_rows = self._pending.rows
+            self.stats.oldest_pending_at = self._pending.since if self._pending.callbacks else None
             for callback in pending.callbacks:
                 callback()
             if self._pending.rows < self._max_pending_rows:
@@ -256,7 +264,8 @@ class ClickHouseSink:
                 self.stats.inserted[table] = self.stats.inserted.get(table, 0) + len(
                     pending.tables[table]
                 )
-            self.stats.last_insert_seconds = time.monotonic() - started
+            self.stats.last_stored_at = time.monotonic()
+            self.stats.last_insert_seconds = self.stats.last_stored_at - started
             return
 
     async def _insert(

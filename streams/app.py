@@ -39,6 +39,7 @@ from streams.settings import Settings
 from streams.state import reset_local
 from streams.stitching import ScoreRules
 from streams.topics import DEDUP_TABLE, IDENTITY_TABLE, discover_input_topics, stitch_topic_name
+from streams.web import install_pages
 
 __all__ = [
     "Worker",
@@ -140,7 +141,10 @@ async def open_clickhouse(settings: Settings) -> Any:
         password=settings.clickhouse_password.get_secret_value(),
         verify=settings.clickhouse_verify_tls,
         autogenerate_session_id=False,
-        settings={"async_insert": 0},
+        # on a cluster the sink writes through Distributed tables: an insert must reach
+        # the shards before its offsets are acked, with its deduplication token
+        settings={"async_insert": 0}
+        | ({"distributed_foreground_insert": 1} if settings.clickhouse_cluster else {}),
     )
 
 
@@ -270,12 +274,6 @@ class Worker:
         return self.sink
 
     def refresh_gauges(self) -> None:
-        if self.sink is not None:
-            stats = self.sink.stats
-            self.metrics.sink_pending.set(stats.pending_rows)
-            for table, rows in stats.inserted.items():
-                self.metrics.sink_inserted.labels(table).set(rows)
-            self.metrics.sink_errors.set(stats.insert_errors)
         self.metrics.dedup_held.set(
             sum(self.window.held(p) for p in range(self.settings.topic_partitions))
         )
@@ -410,6 +408,7 @@ def create_worker(
                 retry_max_s=settings.sink_retry_max_s,
             )
             await worker.sink.start()
+            worker.metrics.watch_sink(worker.sink.stats)
             worker.sink_ready.set()
             logger.info("ClickHouse sink ready: %s", settings.clickhouse_url)
             worker.clickhouse = self.client
@@ -435,45 +434,6 @@ def create_worker(
                 await worker.sink.stop()
             if self.client is not None:
                 await self.client.close()
-
-    @app.page("/metrics")
-    async def metrics_page(view: Any, request: Any) -> Any:
-        """Prometheus metrics of this worker."""
-        return view.bytes(
-            worker.metrics.exposition(worker.refresh_gauges),
-            content_type="text/plain; version=0.0.4",
-        )
-
-    @app.page("/accounting")
-    async def accounting_page(view: Any, request: Any) -> Any:
-        """Totals since start: consumed = accepted + duplicates + dead_lettered."""
-        totals = worker.metrics.accounting()
-        return view.json({**totals.__dict__, "balanced": totals.balanced})
-
-    @app.page("/scores")
-    async def scores_page(view: Any, request: Any) -> Any:
-        """The stream's rolling scores (on-time answers), ``?window_s=`` (default 24 h),
-        ending at the newest bucket; empty on a worker that does not stitch."""
-        try:
-            window_s = float(request.query.get("window_s", 86_400))
-        except ValueError:
-            return view.json({"error": "window_s must be a number of seconds"}, status=400)
-        rolling = worker.rolling
-        end = rolling.newest + rolling.bucket_ms
-        marks = worker.watermarks
-        low = marks.low() if marks is not None else None
-        newest = max(marks.marks.values()) if marks is not None and marks.marks else None
-        return view.json(
-            {
-                "window_s": window_s,
-                "end_ms": end,
-                "watermark_ms": low,
-                "newest_event_ms": newest,
-                # score alerts have looked at every window ending up to here
-                "alerts_looked_to_ms": worker.last_look,
-                "scores": rolling.report(end, int(window_s * 1000)),
-            }
-        )
 
     watch = LedgerWatch(settings.clickhouse_database)
 
@@ -532,4 +492,5 @@ def create_worker(
     from streams.agents import register_agents
 
     register_agents(worker)
+    install_pages(worker)
     return worker

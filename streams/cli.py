@@ -131,7 +131,9 @@ async def _migrate(settings: Settings) -> str:
 
     client = await open_clickhouse(settings)
     try:
-        report = await migrate(client, settings.clickhouse_database)
+        report = await migrate(
+            client, settings.clickhouse_database, cluster=settings.clickhouse_cluster
+        )
     finally:
         await client.close()
     return (

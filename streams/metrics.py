@@ -2,17 +2,42 @@
 
 Accounting holds at every moment: ``consumed = accepted + duplicates + dead_lettered``.
 All four move together, in one step per batch with no await in between.
+
+What only grows is a counter (exported with the ``_total`` suffix), what goes up and
+down is a gauge. Values another object owns (the ClickHouse sink's statistics, the
+consumer lag sampled from the broker) are read when Prometheus scrapes, so a scrape
+never sees a counter that was copied late. The process collector adds the worker's
+resident memory, CPU seconds and open file descriptors (``process_*``).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from sinks.clickhouse import SinkStats
 
 __all__ = ["Accounting", "WorkerMetrics"]
+
+# ``*_created`` samples (when each series was first seen) double the exposition and are
+# no use to a dashboard; the process start time is in process_start_time_seconds
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,8 @@ class Accounting:
 class WorkerMetrics:
     """The worker's Prometheus metrics, in a registry of its own (one per app)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, process: bool = True) -> None:
+        """``process``: add the process collector (``process_*``; Linux only)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._consumed = Counter(
@@ -61,15 +87,6 @@ class WorkerMetrics:
             "Records per input batch",
             buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
             registry=r,
-        )
-        self.sink_pending = Gauge(
-            "touchpoint_sink_pending_rows", "Rows waiting for ClickHouse", registry=r
-        )
-        self.sink_inserted = Gauge(
-            "touchpoint_sink_inserted_rows", "Rows inserted into ClickHouse", ["table"], registry=r
-        )
-        self.sink_errors = Gauge(
-            "touchpoint_sink_insert_errors", "Failed ClickHouse insert attempts", registry=r
         )
         self.dedup_held = Gauge(
             "touchpoint_dedup_ids", "Event ids in the duplicate window", registry=r
@@ -149,7 +166,34 @@ class WorkerMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+        self.ready = Gauge(
+            "touchpoint_ready",
+            "1 while the worker is ready (the /ready checks pass), else 0",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "touchpoint_event_loop_lag_seconds",
+            "How late the event loop's last heartbeat ran (a blocked loop shows here)",
+            registry=r,
+        )
         self._totals = Tally[str]()
+        self._sink: SinkStats | None = None
+        #: (topic, partition) -> records behind; replaced whole by each sample
+        self._lag: dict[tuple[str, int], int] = {}
+        r.register(_SinkCollector(self))
+        r.register(_LagCollector(self))
+        if process:
+            ProcessCollector(registry=r)
+
+    def watch_sink(self, stats: SinkStats) -> None:
+        """Export the sink's statistics (read at every scrape; the sink updates them)."""
+        self._sink = stats
+
+    def set_consumer_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
+        """Replace the consumer lag: records behind, per topic-partition this worker holds.
+
+        Partitions that left this worker leave the exposition with the next sample."""
+        self._lag = dict(lag)
 
     def count_batch(
         self,
@@ -187,3 +231,61 @@ class WorkerMetrics:
         if refresh is not None:
             refresh()
         return bytes(generate_latest(self.registry))
+
+
+class _SinkCollector(Collector):
+    """The ClickHouse sink's statistics, read at scrape time."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._metrics._sink
+        inserted = CounterMetricFamily(
+            "touchpoint_sink_inserted_rows", "Rows inserted into ClickHouse", labels=["table"]
+        )
+        inserts = CounterMetricFamily(
+            "touchpoint_sink_inserts", "Inserts into ClickHouse that succeeded (all tables)"
+        )
+        errors = CounterMetricFamily(
+            "touchpoint_sink_insert_errors", "Failed ClickHouse insert attempts (each is retried)"
+        )
+        pending = GaugeMetricFamily("touchpoint_sink_pending_rows", "Rows queued for ClickHouse")
+        oldest = GaugeMetricFamily(
+            "touchpoint_sink_oldest_pending_seconds",
+            "Age of the oldest row not yet stored in ClickHouse (in flight included); 0 when "
+            "every row is stored",
+        )
+        if stats is not None:
+            for table, rows in sorted(stats.inserted.items()):
+                inserted.add_metric([table], rows)
+            inserts.add_metric([], stats.inserts)
+            errors.add_metric([], stats.insert_errors)
+            pending.add_metric([], stats.pending_rows)
+            since = stats.oldest_pending_at
+            oldest.add_metric([], 0.0 if since is None else max(0.0, time.monotonic() - since))
+        yield from (inserted, inserts, errors, pending, oldest)
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+
+class _LagCollector(Collector):
+    """The consumer lag of the last sample, per topic-partition."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "touchpoint_consumer_lag",
+            "Records in a partition this worker holds that its consumer group has not "
+            "committed (end offset minus committed offset), sampled from the broker",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), behind in sorted(self._metrics._lag.items()):
+            lag.add_metric([topic, str(partition)], behind)
+        yield lag
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr = SecretStr("")
     clickhouse_verify_tls: bool = True
+    clickhouse_cluster: str | None = Field(
+        None,
+        description=(
+            "a ClickHouse cluster (remote_servers) to create the schema on: replicated "
+            "tables ON CLUSTER, read and written through Distributed tables; unset for one "
+            "server"
+        ),
+    )
 
     # --- Worker ------------------------------------------------------------------------
     app_id: str = Field("touchpoint-streams", description="Kafka consumer group and state prefix")
@@ -111,6 +119,22 @@ class Settings(BaseSettings):
     store: str = Field("rocksdb://", description="table store: rocksdb:// or memory://")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535, description="metrics and health endpoint")
+    live_max_loop_lag_s: float = Field(
+        10.0, gt=0, description="/live fails while the event loop's heartbeat is this late"
+    )
+    ready_clickhouse_max_age_s: float = Field(
+        30.0,
+        gt=0,
+        description="/ready needs a successful ClickHouse insert or ping this recent (seconds)",
+    )
+    ready_sink_max_age_s: float = Field(
+        120.0,
+        gt=0,
+        description="/ready fails while a row has waited this long for ClickHouse (stuck sink)",
+    )
+    consumer_lag_interval_s: float = Field(
+        15.0, gt=0, description="how often the consumer lag is sampled from the broker"
+    )
     topic_discovery_interval_s: float = Field(
         30.0, gt=0, description="how often to look for new input topics (new channels)"
     )
@@ -282,6 +306,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is a segment already; list context dimensions only")
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"{name!r}: use lower-case letters, digits and '_'")
+        return value
+
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _cluster_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("use letters, digits and '_' only (a remote_servers name)")
         return value
 
     @field_validator("clickhouse_database", "app_id")
