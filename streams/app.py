@@ -306,6 +306,7 @@ def create_worker(
         # a queued item is a whole record batch; a few suffice to keep the agent busy
         stream_buffer_maxsize=8,
         producer_acks=-1,
+        table_standby_replicas=settings.table_standby_replicas,
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,

@@ -157,6 +157,14 @@ class Settings(BaseSettings):
         description="a stop (SIGTERM) that takes longer ends the process at once, status 1; "
         "the local state is then rebuilt from the changelogs at the next start",
     )
+    table_standby_replicas: int = Field(
+        0,
+        ge=0,
+        description="workers that keep a warm copy of each state partition they do not own "
+        "(Faust standby replicas). 0, the default, restores a partition that moves from its "
+        "changelog: with standbys, fault runs of 20 restarts lost identity and journey "
+        "updates in 2 of 6 runs, none in 3 without",
+    )
     reconcile_interval_s: float = Field(
         60.0,
         ge=0,

@@ -366,8 +366,10 @@ async def test_every_bucket_and_window_equals_a_recomputation_from_the_raw_event
             """,
         )
         assert mismatched == 0
+        # how many anonymous answers were stitched before their login depends on the order
+        # partitions are read in (a loaded machine read them in 14 of about 60 cases)
         merged = await scalar(ch, f"SELECT count() FROM {db}.identity_merges")
-        assert merged > 20
+        assert merged > 5
         # ... and its answer history is its latest answers, of every metric
         history = {
             r[0]: [tuple(a.values()) if isinstance(a, dict) else tuple(a) for a in r[1]]
