@@ -142,7 +142,7 @@ def _say(message: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Publish synthetic touchpoints to the configured Kafka."""
-    from streams.cli import _settings
+    from streams.cli import _settings, _wait_for_kafka
     from streams.generator import (
         GeneratorConfig,
         Incident,
@@ -170,6 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
 
     async def run() -> Any:
+        await _wait_for_kafka(settings, args.connect_timeout)
         await ensure_topics(settings, [f"touchpoints.{c}" for c in CHANNELS])
         return await publish(
             messages,
@@ -794,6 +795,12 @@ def register(add: Callable[..., Any]) -> None:
     )
     generate.add_argument(
         "--benchmark", action="store_true", help="simple ~300-byte events (as the benchmark)"
+    )
+    generate.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the brokers to answer before giving up",
     )
 
     demo = add("demo", cmd_demo, "everything on embedded infrastructure, one command")
