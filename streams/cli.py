@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from streams.settings import ConfigurationError, Settings, describe_error, load_settings
 
-__all__ = ["main"]
+__all__ = ["SETTINGS_HELP", "build_parser", "config_option", "main"]
 
 logger = logging.getLogger("touchpoint")
 
@@ -376,6 +376,20 @@ def _show_every_default(parser: argparse.ArgumentParser) -> None:
             action.help = "default: %(default)s"
 
 
+def config_option() -> argparse.ArgumentParser:
+    """A parent parser with ``--config``, for the commands that read settings: the option
+    is accepted after the command too (``touchpoint worker --config FILE``). Its default
+    is SUPPRESS, so a ``--config`` given before the command stays when none follows."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML settings file (or TOUCHPOINT_CONFIG); also accepted before the command",
+    )
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="touchpoint",
@@ -387,15 +401,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, default=None, help="TOML settings file (or TOUCHPOINT_CONFIG)"
     )
-    # the same option after the command (``touchpoint worker --config FILE``); SUPPRESS
-    # leaves a --config given before the command in place when none follows it
-    config_after = argparse.ArgumentParser(add_help=False)
-    config_after.add_argument(
-        "--config",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="TOML settings file (or TOUCHPOINT_CONFIG); also accepted before the command",
-    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: object, help_: str) -> argparse.ArgumentParser:
@@ -405,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=help_,
             epilog=SETTINGS_HELP if name in _READS_SETTINGS else None,
             formatter_class=_HelpFormatter,
-            parents=[config_after] if name in _READS_SETTINGS else [],
+            parents=[config_option()] if name in _READS_SETTINGS else [],
         )
         sub.set_defaults(func=func)
         return sub
@@ -441,8 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from streams import commands as extra
+    from streams import operator_commands
 
     extra.register(add)
+    operator_commands.register(add)
     _show_every_default(parser)
     return parser
 
