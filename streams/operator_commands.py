@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 
 from streams.settings import Settings
 
-__all__ = ["parse_moment", "register"]
+__all__ = ["cmd_dlq_replay", "cmd_status", "parse_moment", "register"]
 
 
 def parse_moment(value: str, now: datetime) -> datetime:
@@ -41,6 +42,41 @@ def parse_moment(value: str, now: datetime) -> datetime:
 
 def _moment(value: str) -> datetime:
     return parse_moment(value, datetime.now(UTC))
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+async def _status(settings: Settings, args: argparse.Namespace) -> Any:
+    from streams.status import Deployment, run_checks
+
+    deployment = Deployment(
+        settings, args.worker or (), max_lag=args.max_lag, timeout_s=args.timeout
+    )
+    try:
+        return await run_checks(deployment)
+    finally:
+        # a client that never connected has nothing to close
+        with contextlib.suppress(Exception):
+            await deployment.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Check a running deployment; exit 1 when a check fails, saying why."""
+    import logging
+
+    from streams.cli import _settings
+    from streams.status import as_json, healthy, render_text
+
+    settings = _settings(args)
+    # the clients' own retry logs would bury the report; a failed check says what happened
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    findings = _guarded(settings, _status(settings, args))
+    text = (
+        json.dumps(as_json(findings), indent=2, default=str) if args.json else render_text(findings)
+    )
+    _out(text)
+    return 0 if healthy(findings) else 1
 
 
 # --- dlq replay ----------------------------------------------------------------------------
@@ -256,6 +292,28 @@ def _guarded(settings: Settings, work: Any) -> Any:
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Add ``status`` and ``dlq replay`` to the ``touchpoint`` parser."""
     from streams.cli import config_option
+
+    status = add(
+        "status",
+        cmd_status,
+        "check a running deployment: input topics read and refused, consumer lag, ClickHouse "
+        "migrations, and from the workers' pages the sink backlog, alert queues and "
+        "accounting; exits 1 when a check fails, saying why",
+    )
+    status.add_argument(
+        "--worker",
+        action="append",
+        metavar="URL",
+        help="a worker's web endpoint, e.g. http://worker-0:6066 (repeat for each worker)",
+    )
+    status.add_argument(
+        "--max-lag",
+        type=int,
+        default=None,
+        help="fail when a topic is more than this many messages behind (default: report only)",
+    )
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
 
     dlq = add(
         "dlq",
