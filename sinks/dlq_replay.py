@@ -19,7 +19,9 @@ failed or unconfirmed claim is never sent again by itself, because the broker ma
 written the record before the failure was seen. The ``dlq_replays`` view shows them all.
 
 A dead letter that fails again is dead-lettered again, under its new offset: it is a new
-dead letter, which a later replay may select once more.
+dead letter, which a later replay may select once more (after the cause is fixed, that
+is the one to replay). The plan counts such repeats (the same value and key as a dead
+letter replayed before), so a replay of a cause that is not fixed yet shows as such.
 
 Lifecycle: none; the ClickHouse client and the Kafka producer are the caller's.
 """
@@ -138,6 +140,8 @@ class ReplayPlan:
 
     selected: tuple[DeadLetterRecord, ...]
     already_replayed: int
+    #: selected dead letters with the value and key of one replayed before: it failed again
+    failed_again: int = 0
 
     def by_reason(self) -> dict[str, int]:
         return dict(Counter(letter.reason for letter in self.selected).most_common())
@@ -195,9 +199,11 @@ async def plan_replay(client: Any, database: str, wanted: ReplayFilter) -> Repla
         f"FROM {db}.dlq_replay_claims_store)"
     )
     limit = f"LIMIT {int(wanted.limit)}" if wanted.limit is not None else ""
+    content = "cityHash64(raw, ifNull(key, ''))"
+    repeat = f"{content} IN (SELECT {content} FROM {db}.dead_letters WHERE {claimed})"
     result = await client.query(
         f"SELECT source_topic, source_partition, source_offset, reason, received_at, "
-        f"event_id, key, raw, headers FROM {db}.dead_letters "
+        f"event_id, key, raw, headers, {repeat} FROM {db}.dead_letters "
         f"WHERE {where} AND NOT {claimed} "
         f"ORDER BY source_topic, source_partition, source_offset {limit}",
         parameters=parameters,
@@ -215,15 +221,16 @@ async def plan_replay(client: Any, database: str, wanted: ReplayFilter) -> Repla
             raw=raw,
             headers=tuple((str(_text(h["name"])), bytes(h["value"])) for h in headers),
         )
-        for topic, partition, offset, reason, received_at, event_id, key, raw, headers in (
+        for topic, partition, offset, reason, received_at, event_id, key, raw, headers, _ in (
             result.result_rows
         )
     )
+    failed_again = sum(1 for row in result.result_rows if row[-1])
     done = await client.query(
         f"SELECT count() FROM {db}.dead_letters WHERE {where} AND {claimed}",
         parameters=parameters,
     )
-    return ReplayPlan(selected, int(done.result_rows[0][0]))
+    return ReplayPlan(selected, int(done.result_rows[0][0]), failed_again)
 
 
 async def _claim(

@@ -128,6 +128,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> tuple[dict[st
             },
             "selected": len(plan.selected),
             "already_replayed": plan.already_replayed,
+            "failed_again": plan.failed_again,
             "by_reason": plan.by_reason(),
             "by_topic": plan.by_topic(),
         }
@@ -198,6 +199,11 @@ def _replay_text(report: dict[str, Any], show: int) -> str:
         + f"; {report['selected']:,} dead letters selected, "
         f"{report['already_replayed']:,} matching ones already replayed (left out)",
     ]
+    if report["failed_again"]:
+        lines.append(
+            f"  {report['failed_again']:,} of them failed again after an earlier replay (same "
+            "value and key): is the cause fixed?"
+        )
     counts = report["by_reason"], report["by_topic"]
     if dry:
         lines += ["  by reason:", *(f"    {k:<28} {n:>8,}" for k, n in counts[0].items())]

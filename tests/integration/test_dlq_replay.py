@@ -13,21 +13,20 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
 from schemas.clickhouse import quote_identifier
 from schemas.dead_letter import DeadLetter, Reason
 from sinks.dlq_replay import ReplayFilter, execute_replay, plan_replay
 from sinks.rows import dead_letter_row
 from tests.integration import test_worker_end_to_end as e2e
+from tests.integration.kafka_records import end_offsets, records_after
 from tests.integration.test_worker_end_to_end import (
     Stack,
     accounting,
@@ -65,51 +64,6 @@ def replay(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (description,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    parts = await partitions_of(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(parts)
-        return {tp.partition: end for tp, end in (await consumer.end_offsets(parts)).items()}
-    finally:
-        await consumer.stop()
-
-
-async def records_after(bootstrap: str, topic: str, starts: dict[int, int]) -> list[Any]:
-    """Every record of ``topic`` from ``starts`` (partition -> offset) to the end as of now."""
-    ends = await end_offsets(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        parts = [TopicPartition(topic, p) for p in ends]
-        consumer.assign(parts)
-        for tp in parts:
-            consumer.seek(tp, starts.get(tp.partition, 0))
-        deadline = time.monotonic() + 60
-        remaining = {tp for tp in parts if starts.get(tp.partition, 0) < ends[tp.partition]}
-        while remaining and time.monotonic() < deadline:
-            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
-                found += [r for r in records if r.offset < ends[tp.partition]]
-                if records and records[-1].offset >= ends[tp.partition] - 1:
-                    remaining.discard(tp)
-        assert not remaining, f"records not read in time from {sorted(remaining)}"
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def test_dead_letters_are_listed_replayed_once_and_accepted_after_the_fix(
     stack: Stack, ch: Any
 ) -> None:
@@ -142,7 +96,7 @@ async def test_dead_letters_are_listed_replayed_once_and_accepted_after_the_fix(
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
     assert plan["mode"] == "dry_run"
-    assert (plan["selected"], plan["already_replayed"]) == (6, 0)
+    assert (plan["selected"], plan["already_replayed"], plan["failed_again"]) == (6, 0, 0)
     assert plan["by_reason"] == {"too_large": 6}
     assert plan["by_topic"] == {web: 6}
     assert sorted(x["bytes"] for x in plan["dead_letters"]) == sorted(map(len, big.values()))
@@ -196,6 +150,21 @@ async def test_dead_letters_are_listed_replayed_once_and_accepted_after_the_fix(
         # the broken JSON is still a dead letter nobody replayed
         left = replay(stack, "--json")
         assert json.loads(left.stdout)["by_reason"] == {"not_json": 3}
+
+        # replayed while still broken: dead-lettered again, and the next plan says so
+        broken = replay(stack, "--reason", "not_json", "--execute", "--json")
+        assert json.loads(broken.stdout)["published"] == 3
+
+        async def dead_lettered_again() -> bool:
+            letters = await scalar(
+                ch, f"SELECT count() FROM {db}.dead_letters WHERE reason = 'not_json'"
+            )
+            return bool(letters == 6)
+
+        await wait_for(dead_lettered_again, second, what="the broken ones dead-lettered again")
+        again = json.loads(replay(stack, "--reason", "not_json", "--json").stdout)
+        assert (again["selected"], again["already_replayed"], again["failed_again"]) == (3, 3, 3)
+        assert "failed again" in replay(stack, "--reason", "not_json").stdout
     finally:
         second.stop()
 
