@@ -403,7 +403,7 @@ def healthy(findings: Sequence[Finding]) -> bool:
 
 
 def render_text(findings: Sequence[Finding]) -> str:
-    """One line per check, worst first within the order; a headline saying the verdict."""
+    """A headline with the verdict, then one line per check in the order of the checks."""
     failed = [f for f in findings if f.level == "fail"]
     headline = (
         "healthy"
