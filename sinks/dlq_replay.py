@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -250,27 +250,22 @@ async def _claim(
     )
 
 
-async def _winners(
-    client: Any, db: str, letters: Sequence[DeadLetterRecord]
-) -> dict[tuple[str, int, int], str]:
-    """The run each dead letter's stored claim belongs to. Should the deduplication
-    window ever have let two claims in, the earliest (then the smaller id) stands, the
-    same answer for every run that reads them."""
-    winners: dict[tuple[str, int, int], str] = {}
-    for start in range(0, len(letters), 1000):
-        chunk = letters[start : start + 1000]
-        result = await client.query(
-            f"SELECT source_topic, source_partition, source_offset, "
-            f"argMin(replay_id, (claimed_at, replay_id)) "
-            f"FROM {db}.dlq_replay_claims_store "
-            f"WHERE (source_topic, source_partition, source_offset) IN "
-            f"{{keys:Array(Tuple(String, UInt32, UInt64))}} "
-            f"GROUP BY source_topic, source_partition, source_offset",
-            parameters={"keys": [letter.coordinates for letter in chunk]},
-        )
-        for topic, partition, offset, replay_id in result.result_rows:
-            winners[(str(topic), int(partition), int(offset))] = str(replay_id)
-    return winners
+async def _won(client: Any, db: str, replay_id: str) -> set[tuple[str, int, int]]:
+    """The dead letters whose stored claim is this run's. Should the deduplication window
+    ever have let two claims of one dead letter in, the earliest (then the smaller id)
+    stands: the same answer for every run that reads them. The run's own claims are
+    found by its id, so the query carries no list of dead letters (however many)."""
+    result = await client.query(
+        f"SELECT source_topic, source_partition, source_offset "
+        f"FROM {db}.dlq_replay_claims_store "
+        f"WHERE (source_topic, source_partition, source_offset) IN "
+        f"(SELECT source_topic, source_partition, source_offset "
+        f"FROM {db}.dlq_replay_claims_store WHERE replay_id = {{run:String}}) "
+        f"GROUP BY source_topic, source_partition, source_offset "
+        f"HAVING argMin(replay_id, (claimed_at, replay_id)) = {{run:String}}",
+        parameters={"run": replay_id},
+    )
+    return {(str(t), int(p), int(o)) for t, p, o in result.result_rows}
 
 
 async def execute_replay(
@@ -303,9 +298,9 @@ async def execute_replay(
             await _claim(client, db, letter, replay_id, now)
 
     await asyncio.gather(*(claim(letter) for letter in candidates))
-    winners = await _winners(client, db, candidates)
-    mine = [letter for letter in candidates if winners.get(letter.coordinates) == replay_id]
-    result.claimed_elsewhere = [x for x in candidates if winners.get(x.coordinates) != replay_id]
+    won = await _won(client, db, replay_id)
+    mine = [letter for letter in candidates if letter.coordinates in won]
+    result.claimed_elsewhere = [x for x in candidates if x.coordinates not in won]
 
     outcomes: list[list[Any]] = []
     for letter in mine:
