@@ -46,6 +46,8 @@ ch = e2e.ch
 pytestmark = pytest.mark.integration
 
 SMALL_LIMIT = 1024  # the cause: a limit too small for real events, later raised
+#: Dead letters the concurrent runs share: enough that no query may list them all
+LETTERS = 200
 
 
 def big_event(event_id: str) -> bytes:
@@ -189,7 +191,7 @@ async def test_concurrent_runs_publish_each_dead_letter_exactly_once(
             event_id=None,
             received_at=received,
         )
-        for i in range(40)
+        for i in range(LETTERS)
     ]
     db = quote_identifier(clickhouse_database)
     await clickhouse_client.insert(
@@ -197,11 +199,11 @@ async def test_concurrent_runs_publish_each_dead_letter_exactly_once(
         [list(dead_letter_row(letter)) for letter in letters],
         settings={"async_insert": 0},
     )
-    # both runs plan before either claims: each sees all forty as not yet replayed
+    # both runs plan before either claims: each sees every one as not yet replayed
     plans = [
         await plan_replay(clickhouse_client, clickhouse_database, ReplayFilter()) for _ in range(2)
     ]
-    assert [len(p.selected) for p in plans] == [40, 40]
+    assert [len(p.selected) for p in plans] == [LETTERS, LETTERS]
     before = await end_offsets(stack.bootstrap, topic)
 
     producers = [AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all") for _ in plans]
@@ -236,13 +238,15 @@ async def test_concurrent_runs_publish_each_dead_letter_exactly_once(
         x.coordinates for x in one.claimed_elsewhere
     }
     on_topic = await records_after(stack.bootstrap, topic, before)
-    assert sorted(r.value for r in on_topic) == sorted(f"payload-{i}".encode() for i in range(40))
+    assert sorted(r.value for r in on_topic) == sorted(
+        f"payload-{i}".encode() for i in range(LETTERS)
+    )
     # a replayed record goes back to the partition it came from
     by_value = {r.value: r.partition for r in on_topic}
-    assert all(by_value[f"payload-{i}".encode()] == i % 4 for i in range(40))
+    assert all(by_value[f"payload-{i}".encode()] == i % 4 for i in range(LETTERS))
 
     # ClickHouse kept one claim per dead letter: the second run's claims were dropped
     claims = await clickhouse_client.query(f"SELECT count() FROM {db}.dlq_replay_claims_store")
-    assert claims.result_rows[0][0] == 40
+    assert claims.result_rows[0][0] == LETTERS
     later = await plan_replay(clickhouse_client, clickhouse_database, ReplayFilter())
-    assert (len(later.selected), later.already_replayed) == (0, 40)
+    assert (len(later.selected), later.already_replayed) == (0, LETTERS)
