@@ -19,9 +19,11 @@ __all__ = [
     "ALIAS_COLUMNS",
     "CUSTOMER_COLUMNS",
     "DEAD_LETTER_COLUMNS",
+    "DUPLICATE_COLUMNS",
     "EFFORT_COLUMNS",
     "ERASURE_COLUMNS",
     "EVENT_COLUMNS",
+    "LEDGER_COLUMNS",
     "MERGE_COLUMNS",
     "REDIRECT_COLUMNS",
     "REFUSAL_COLUMNS",
@@ -213,10 +215,36 @@ ALERT_DELIVERY_COLUMNS: tuple[str, ...] = (
     "version",
 )
 
+#: Insert column order of ``ingest_ledger_store``: one row per ingest batch.
+LEDGER_COLUMNS: tuple[str, ...] = (
+    "source_topic",
+    "source_partition",
+    "first_offset",
+    "last_offset",
+    "settled_from",
+    "records",
+    "accepted",
+    "duplicates",
+    "dead_lettered",
+    "read_at",
+)
+
+#: Insert column order of ``duplicates_store``: one row per duplicate message.
+DUPLICATE_COLUMNS: tuple[str, ...] = (
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "event_id",
+    "stage",
+    "received_at",
+)
+
 #: Every table the sinks insert into, with its column order, in insert order.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "events_store": EVENT_COLUMNS,
     "dead_letters_store": DEAD_LETTER_COLUMNS,
+    "duplicates_store": DUPLICATE_COLUMNS,
+    "ingest_ledger_store": LEDGER_COLUMNS,
     "customer_360_store": CUSTOMER_COLUMNS,
     "customer_aliases_store": ALIAS_COLUMNS,
     "identity_merges_store": MERGE_COLUMNS,

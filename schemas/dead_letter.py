@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-__all__ = ["DLQ_HEADER_PREFIX", "DeadLetter", "Reason"]
+__all__ = ["DLQ_HEADER_PREFIX", "DeadLetter", "Reason", "utf8_text"]
 
 #: Every header the processor adds to a dead letter starts with this.
 DLQ_HEADER_PREFIX = "touchpoint.dlq."
@@ -57,8 +57,28 @@ class Reason(StrEnum):
     """occurred_at is older than the configured age (only when the time policy dead-letters)."""
     EVENT_IN_FUTURE = "event_in_future"
     """occurred_at is too far ahead (only when the time policy dead-letters)."""
+    TOO_DEEP = "too_deep"
+    """Objects and arrays nested deeper than the limit (32 levels, the event counting as one)."""
+    SCHEMA_REGISTRY_FRAMING = "schema_registry_framing"
+    """The value starts with a Schema Registry header (a zero byte, a 4-byte schema id)."""
     PROCESSING_ERROR = "processing_error"
     """An unexpected error while processing this message; the detail says which."""
+
+
+def utf8_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by its ``\\udXXX`` escape, so that it
+    encodes as UTF-8 (Kafka headers, ClickHouse strings); other text is returned as is.
+
+    A lone surrogate cannot come from valid UTF-8 JSON, but a detail may quote anything,
+    and a dead letter must never fail to be written.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +98,18 @@ class DeadLetter:
     received_at: datetime
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
-        """The original headers followed by the reason and source coordinates."""
+        """The original headers followed by the reason and source coordinates.
+
+        Header names and the detail are made valid UTF-8 (:func:`utf8_text`); the detail
+        is cut to 1024 characters.
+        """
         extra = [
             ("reason", self.reason.value),
-            ("detail", self.detail[:1024]),
+            ("detail", utf8_text(self.detail[:1024])),
             ("source_topic", self.source_topic),
             ("source_partition", str(self.source_partition)),
             ("source_offset", str(self.source_offset)),
             ("received_at", self.received_at.isoformat()),
         ]
-        return [*self.headers, *((DLQ_HEADER_PREFIX + k, v.encode()) for k, v in extra)]
+        original = [(utf8_text(name), value) for name, value in self.headers]
+        return [*original, *((DLQ_HEADER_PREFIX + k, utf8_text(v).encode()) for k, v in extra)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.event import TouchpointEvent
@@ -30,6 +30,10 @@ class IngestedEvent:
     ``occurred_at`` is the corrected event time that windows use; ``client_occurred_at``
     is what the producer sent. ``flags`` name what is unusual but not wrong (for example
     ``event_in_future``). ``customer_id`` is empty until identity stitching assigns one.
+    ``row`` is the event's ``events_store`` row serialised as a JSON array (customer and
+    journey stage still empty), built by ingest once the event is accepted: what the
+    ingest agent forwards to stitching, byte for byte. It is derived from the other
+    fields and left out of comparisons.
     """
 
     event: TouchpointEvent
@@ -43,3 +47,4 @@ class IngestedEvent:
     flags: tuple[str, ...]
     source: SourceRecord
     customer_id: str = ""
+    row: bytes = field(default=b"", compare=False, repr=False)

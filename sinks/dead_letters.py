@@ -1,13 +1,15 @@
 """The Kafka dead-letter sink: rejected messages to ``touchpoints.dlq``.
 
 The value, key and headers are the original ones; the reason and source coordinates
-are added as ``touchpoint.dlq.*`` headers. Sends go through the worker's producer,
-which Faust flushes before it commits offsets, so a dead letter is durable in Kafka
-before the offset of the message it replaces is committed.
+are added as ``touchpoint.dlq.*`` headers. ``publish`` returns the send's future: the
+caller acks the message it replaces only once that future says the broker has the
+dead letter (a flush before a commit waits for a send, but does not fail on one that
+failed).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from schemas.dead_letter import DeadLetter
@@ -36,9 +38,10 @@ class DeadLetterPublisher:
         self._producer = producer
         self.topic = topic
 
-    async def publish(self, letter: DeadLetter) -> None:
-        """Enqueue the dead letter; durable once the producer is flushed."""
-        await self._producer.send(
+    async def publish(self, letter: DeadLetter) -> asyncio.Future[Any]:
+        """Enqueue the dead letter; the future resolves once the broker has it (and
+        raises if the producer gave up)."""
+        future: asyncio.Future[Any] = await self._producer.send(
             self.topic,
             letter.key,
             letter.raw,
@@ -46,3 +49,4 @@ class DeadLetterPublisher:
             None,
             letter.kafka_headers(),
         )
+        return future

@@ -8,14 +8,15 @@ be inserted on the other side unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from schemas.clickhouse import CUSTOMER_COLUMNS, EVENT_COLUMNS
 from schemas.customer import Customer, Merge, Refusal
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, utf8_text
+from schemas.event import EARLIEST, LATEST
 from schemas.ingested import IngestedEvent
 
 __all__ = [
@@ -24,7 +25,9 @@ __all__ = [
     "customer_row",
     "dead_letter_row",
     "deleted_customer_row",
+    "duplicate_of",
     "event_row",
+    "ledger_row",
     "merge_row",
     "redirect_rows",
     "refusal_row",
@@ -34,11 +37,15 @@ __all__ = [
 #: Position of ``customer_id`` in an event row (filled in by the stitch agent).
 CUSTOMER_ID_COLUMN = EVENT_COLUMNS.index("customer_id")
 _SCALE_MAX = {"nps": 10, "csat": 5, "ces": 7}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def to_ms(value: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    return int(value.timestamp() * 1000)
+    """Epoch milliseconds of an aware datetime, exactly (floored to the millisecond)."""
+    # integer arithmetic: value.timestamp() * 1000 is a float, off by one for about one
+    # millisecond value in a hundred
+    return (value - _EPOCH) // _ONE_MS
 
 
 def event_row(ingested: IngestedEvent) -> list[Any]:
@@ -90,19 +97,67 @@ def event_row(ingested: IngestedEvent) -> list[Any]:
 
 
 def dead_letter_row(letter: DeadLetter) -> tuple[Any, ...]:
-    """One ``dead_letters_store`` row."""
+    """One ``dead_letters_store`` row; never fails, whatever the letter holds.
+
+    Bytes (key, raw, header values) go in as they are: a ClickHouse ``String`` holds any
+    bytes. Text goes in as valid UTF-8: a lone surrogate, which a Python string can hold
+    and UTF-8 cannot, is written as its ``\\udXXX`` escape. A source timestamp outside
+    what ``DateTime64(3)`` holds is left empty.
+    """
+    source_timestamp = letter.source_timestamp
+    if source_timestamp is not None and not EARLIEST <= source_timestamp <= LATEST:
+        source_timestamp = None
     return (
-        letter.source_topic,
+        utf8_text(letter.source_topic),
         letter.source_partition,
         letter.source_offset,
-        letter.source_timestamp,
+        source_timestamp,
         letter.received_at,
         letter.reason.value,
-        letter.detail,
-        letter.event_id,
+        utf8_text(letter.detail),
+        None if letter.event_id is None else utf8_text(letter.event_id),
         letter.key,
         letter.raw,
-        [(name, value) for name, value in letter.headers],
+        [(utf8_text(name), value) for name, value in letter.headers],
+    )
+
+
+def duplicate_of(ingested: IngestedEvent) -> tuple[Any, ...]:
+    """The ``duplicates_store`` row of a message ingest's duplicate window caught."""
+    source = ingested.source
+    return (
+        source.topic,
+        source.partition,
+        source.offset,
+        ingested.event.event_id,
+        "ingest",
+        to_ms(ingested.received_at),
+    )
+
+
+def ledger_row(
+    topic: str,
+    partition: int,
+    first_offset: int,
+    last_offset: int,
+    settled_from: int,
+    outcomes: tuple[int, int, int],
+    read_at: datetime,
+) -> tuple[Any, ...]:
+    """The ``ingest_ledger_store`` row of one ingest batch: the offsets it read and
+    settles, and how many records were accepted, duplicates and dead-lettered."""
+    accepted, duplicates, dead_lettered = outcomes
+    return (
+        topic,
+        partition,
+        first_offset,
+        last_offset,
+        settled_from,
+        accepted + duplicates + dead_lettered,
+        accepted,
+        duplicates,
+        dead_lettered,
+        to_ms(read_at),
     )
 
 

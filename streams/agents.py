@@ -30,16 +30,17 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from mode import CrashingSupervisor
 
 from schemas.alerts import Alert
 from schemas.customer import customer_from_json, customer_to_json
 from sinks.alerts import alert_row
-from sinks.rows import dead_letter_row, event_row
+from sinks.rows import dead_letter_row, duplicate_of, ledger_row
 from streams.alerts import DropDetector, detractor_alert, effort_spike_alert, looks
 from streams.batching import RecordBatch
 from streams.dedup import Chunk
@@ -47,6 +48,7 @@ from streams.effort import CaseBook
 from streams.identity import Stitcher, node_key
 from streams.ingest import triage
 from streams.journey import compact
+from streams.lifecycle import retry_until_ready, survives
 from streams.scores import Watermarks
 from streams.state import send_changelog, write_local
 from streams.stitching import StitchOutput, chunk_rows, stitch_rows
@@ -76,8 +78,6 @@ LOOKS_PER_WINDOW = 48
 MAX_LOOKS = 1000
 #: Customer alert ids the stitch agent remembers having sent (repeats are not resent).
 ALERT_MEMORY = 100_000
-#: How long a revocation waits for the stitch agent's outstanding changelog sends.
-REVOKE_DRAIN_S = 20.0
 #: Customers looked at per compaction tick.
 COMPACT_SLICE = 2000
 
@@ -86,12 +86,18 @@ def register_agents(worker: Worker) -> None:
     """Attach the agents to ``worker.app``."""
     app = worker.app
     table = worker.dedup_table
-    identity = worker.identity_table
     window = worker.window
     metrics = worker.metrics
     settings = worker.settings
 
-    @app.agent(worker.input_topic, name="ingest", concurrency=1)
+    # an agent that raises has left its batch unacked while later ones may be acked:
+    # the app must end (and a supervisor restart it), never restart the agent in place
+    @app.agent(
+        worker.input_topic,
+        name="ingest",
+        concurrency=1,
+        supervisor_strategy=CrashingSupervisor,
+    )
     async def ingest(stream: Any) -> None:
         """Validate, normalise and de-duplicate touchpoints; forward them to stitching."""
         sink = await worker.wait_for_sink()
@@ -110,10 +116,11 @@ def register_agents(worker: Worker) -> None:
                 table[sealed.write.key] = sealed.write.to_value()
             for key in sealed.delete:
                 del table[key]
-            for letter in result.dead_letters:
-                await worker.dead_letters.publish(letter)
-            forwarded = []
-            encoded = [orjson.dumps(event_row(e)) for e in result.accepted]
+            # the ack waits for the broker to have the dead letters and the forwarded events
+            forwarded: list[Any] = [
+                await worker.dead_letters.publish(d) for d in result.dead_letters
+            ]
+            encoded = [e.row for e in result.accepted]  # serialised by ingest, per message
             for chunk in chunk_rows(encoded, STITCH_RECORD_BYTES):
                 forwarded.append(
                     await app.producer.send(worker.stitch_topic_name, None, chunk, 0, None, None)
@@ -129,8 +136,24 @@ def register_agents(worker: Worker) -> None:
                 flags=Counter(f for e in result.accepted for f in e.flags),
             )
             stored = asyncio.Event()
+            outcomes = (len(result.accepted), len(result.duplicates), len(result.dead_letters))
+            ledger = ledger_row(
+                batch.topic,
+                batch.partition,
+                batch.first_offset,
+                batch.last_offset,
+                batch.settle_from,
+                outcomes,
+                now,
+            )
+            # the ledger row goes with the batch's dead letters and duplicates, before the
+            # ack: every committed offset is covered by a stored row (streams.reconcile)
             await sink.add(
-                {"dead_letters_store": [dead_letter_row(d) for d in result.dead_letters]},
+                {
+                    "dead_letters_store": [dead_letter_row(d) for d in result.dead_letters],
+                    "duplicates_store": [duplicate_of(e) for e in result.duplicates],
+                    "ingest_ledger_store": [ledger],
+                },
                 on_stored=stored.set,
                 token=f"{batch.topic}:{batch.partition}:{batch.first_offset}-{batch.last_offset}",
             )
@@ -141,7 +164,12 @@ def register_agents(worker: Worker) -> None:
                 _ack_when_durable(worker, event, forwarded, stored, previous)
             )
 
-    @app.agent(worker.stitch_topic, name="stitch", concurrency=1)
+    @app.agent(
+        worker.stitch_topic,
+        name="stitch",
+        concurrency=1,
+        supervisor_strategy=CrashingSupervisor,
+    )
     async def stitch(stream: Any) -> None:
         """Stitch identifiers into customers, keep their journeys, store the 360 view."""
         sink = await worker.wait_for_sink()
@@ -150,31 +178,25 @@ def register_agents(worker: Worker) -> None:
         async for event in stream.noack().events():
             batch: RecordBatch = event.value
             started = time.perf_counter()
-            segment: list[tuple[int, list[Any]]] = []
-            for record in batch.records:
-                document = orjson.loads(record.value)
-                if isinstance(document, list):
-                    segment.append((int(record.offset), document))
-                    continue
-                # a control record acts between the events before and after it
-                await _stitch_segment(worker, sink, segment, batch, _no_op)
-                segment = []
-                stitcher = _stitcher(worker)
-                now_ms = int(time.time() * 1000)
-                if document.get("control") == "erase":
-                    await _erase(worker, stitcher, document, sink, now_ms)
-                elif document.get("control") == "compact":
-                    compaction = compaction or iter(identity.keys())
-                    try:
-                        compaction = _compact_slice(worker, stitcher, compaction, now_ms)
-                    except Exception:  # the store changed under the scan (rebalance)
-                        logger.exception("compaction scan interrupted; starting over")
-                        compaction = None
-                _write_state(worker, stitcher)
-            await _stitch_segment(worker, sink, segment, batch, event.ack)
+            epoch = worker.stitch_epoch
+            try:
+                compaction = await _stitch_batch(worker, sink, batch, event, epoch, compaction)
+            except Fenced:
+                # revoked while it was stitched: the next owner stitches it from the
+                # state in the changelog; nothing of it was written or acked here
+                logger.warning(
+                    "stitch batch at offset %d dropped: partition revoked", batch.last_offset
+                )
+                compaction = None
+                continue
             metrics.stitch_lag.set(time.perf_counter() - started)
 
-    @app.agent(worker.alerts_topic, name="alerts", concurrency=1)
+    @app.agent(
+        worker.alerts_topic,
+        name="alerts",
+        concurrency=1,
+        supervisor_strategy=CrashingSupervisor,
+    )
     async def deliver_alerts(stream: Any) -> None:
         """Store every alert in ClickHouse and deliver it to the endpoints that take it;
         an alert is acked once it is stored and every delivery is settled."""
@@ -211,12 +233,27 @@ def register_agents(worker: Worker) -> None:
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def reload_ledger(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        """A worker that gets alerts partitions reads what the others settled."""
+        """A worker that gets alerts partitions reads what the others settled (in the
+        background, retried: ClickHouse may be down, and a rebalance must not wait)."""
         if any(tp.topic == settings.alerts_topic for tp in assigned) and worker.ledger:
-            settled = await worker.ledger.load(worker.clickhouse)
-            logger.info("alert ledger reloaded: %d settled deliveries", settled)
+            ledger = worker.ledger
+
+            async def load() -> None:
+                settled = await retry_until_ready(
+                    lambda: ledger.load(worker.clickhouse), "the alert ledger", 0
+                )
+                logger.info("alert ledger reloaded: %d settled deliveries", settled)
+
+            worker.spawn(load())
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def fence_on_stop(sender: Any, **kwargs: Any) -> None:
+        """Streams are drained by now; nothing more may reach the changelog once this
+        worker leaves the group."""
+        await worker.fence_stitch("the worker is stopping")
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    @survives("looking at the scores")
     async def look_while_quiet() -> None:
         """Event time is complete further once partitions go quiet, with no record to
         bring the stitch agent round: look at the scores then too (on the stitch owner)."""
@@ -225,6 +262,7 @@ def register_agents(worker: Worker) -> None:
         await _publish_alerts(worker, look_at_scores(worker, int(time.time() * 1000)))
 
     @app.timer(interval=settings.journey_compact_interval_s)  # type: ignore[untyped-decorator]
+    @survives("asking for compaction")
     async def request_compaction() -> None:
         """Ask the stitch agent to look at the next slice of customers for idleness."""
         await app.producer.send(
@@ -246,17 +284,7 @@ def register_agents(worker: Worker) -> None:
             _done, pending = await asyncio.wait(leaving, timeout=ALERT_REVOKE_WAIT_S)
             worker.deliverer.abandon(pending)
         if any(tp.topic == worker.stitch_topic_name for tp in revoked):
-            chain = worker.state_chain
-            if chain is not None and not chain.done():
-                # the local store is ahead of the changelog until the batches' rows are
-                # stored and their sends go out: let them, so that the store matches the
-                # changelog if the partition comes back
-                _done, pending = await asyncio.wait([chain], timeout=REVOKE_DRAIN_S)
-                if pending:
-                    logger.warning(
-                        "stitch partition revoked with %d batches not yet in the changelog",
-                        worker.unsent_state,
-                    )
+            await worker.fence_stitch("the stitch partition was revoked")
             worker.stitch_window.forget([0])
             worker.watermarks = None
             worker.effort_version = None
@@ -269,6 +297,46 @@ def register_agents(worker: Worker) -> None:
 
 def _no_op() -> None:
     return None
+
+
+class Fenced(Exception):
+    """The stitch partition was revoked while a batch was being stitched."""
+
+
+async def _stitch_batch(
+    worker: Worker,
+    sink: Any,
+    batch: RecordBatch,
+    event: Any,
+    epoch: int,
+    compaction: Iterator[Any] | None,
+) -> Iterator[Any] | None:
+    """Stitch one batch of the stitch topic: event records in segments, control records
+    (erasure, compaction) between them. Raises :class:`Fenced` when the partition moved
+    away meanwhile (before anything of the batch was written)."""
+    segment: list[tuple[int, list[Any]]] = []
+    for record in batch.records:
+        document = orjson.loads(record.value)
+        if isinstance(document, list):
+            segment.append((int(record.offset), document))
+            continue
+        # a control record acts between the events before and after it
+        await _stitch_segment(worker, sink, segment, batch, _no_op, epoch)
+        segment = []
+        stitcher = _stitcher(worker)
+        now_ms = int(time.time() * 1000)
+        if document.get("control") == "erase":
+            await _erase(worker, stitcher, document, sink, now_ms, epoch)
+        elif document.get("control") == "compact":
+            compaction = compaction or iter(worker.identity_table.keys())
+            try:
+                compaction = _compact_slice(worker, stitcher, compaction, now_ms)
+            except Exception:  # the store changed under the scan (rebalance)
+                logger.exception("compaction scan interrupted; starting over")
+                compaction = None
+        _write_state(worker, stitcher, epoch)
+    await _stitch_segment(worker, sink, segment, batch, event.ack, epoch)
+    return compaction
 
 
 def _stitcher(worker: Worker) -> Stitcher:
@@ -287,8 +355,13 @@ async def _stitch_segment(
     records: list[tuple[int, list[Any]]],
     batch: RecordBatch,
     on_stored: Any,
+    epoch: int,
 ) -> None:
-    """Stitch consecutive event records, persist the state, publish merges, store rows."""
+    """Stitch consecutive event records, persist the state, publish merges, store rows.
+
+    Raises :class:`Fenced`, having written nothing, when the partition was revoked since
+    the batch began (``epoch``)."""
+    _check_fence(worker, epoch)
     metrics = worker.metrics
     stitcher = _stitcher(worker)
     identity = worker.identity_table
@@ -337,23 +410,28 @@ async def _stitch_segment(
     if detector is not None and detector.changed:
         window_items.append((ALERT_STATE_KEY, detector.to_json()))
         detector.changed = False
+    # what the batch publishes is acked with it: the ack waits for the broker to have it
+    sends = await _publish_alerts(worker, alerts)
+    for merge in out.merges:
+        sends.append(
+            await worker.app.producer.send(
+                worker.settings.merges_topic,
+                merge.merged_from.encode(),
+                orjson.dumps(merge),
+                None,
+                None,
+                None,
+            )
+        )
+        metrics.merges.labels(merge.reason).inc()
     rows_stored = asyncio.Event()
-    _write_state(worker, stitcher, window_items, after=rows_stored, then=on_stored)
-    await _publish_alerts(worker, alerts)
+    _write_state(
+        worker, stitcher, epoch, window_items, after=rows_stored, sends=sends, then=on_stored
+    )
     metrics.late.inc(out.late)
     low = watermarks.low()
     if low is not None:
         metrics.watermark.set(low / 1000)
-    for merge in out.merges:
-        await worker.app.producer.send(
-            worker.settings.merges_topic,
-            merge.merged_from.encode(),
-            orjson.dumps(merge),
-            None,
-            None,
-            None,
-        )
-        metrics.merges.labels(merge.reason).inc()
     for reason, n in out.refusals.items():
         metrics.refusals.labels(reason).inc(n)
     metrics.stitched.inc(sum(len(rows) for _, rows in records))
@@ -365,14 +443,18 @@ async def _stitch_segment(
     await sink.add(out.rows, on_stored=rows_stored.set, token=f"stitch:{first}-{last}@{now_ms}")
 
 
-async def _publish_alerts(worker: Worker, alerts: Sequence[Alert]) -> None:
+async def _publish_alerts(worker: Worker, alerts: Sequence[Alert]) -> list[Awaitable[Any]]:
     """Send alerts to the alerts topic (key: the alert id), where the alerts agent stores
-    and delivers them."""
+    and delivers them; return the sends' futures."""
+    sends = []
     for alert in alerts:
-        await worker.app.producer.send(
-            worker.settings.alerts_topic, alert.id.encode(), alert.to_json(), None, None, None
+        sends.append(
+            await worker.app.producer.send(
+                worker.settings.alerts_topic, alert.id.encode(), alert.to_json(), None, None, None
+            )
         )
         worker.metrics.alerts_fired.labels(alert.type).inc()
+    return sends
 
 
 def _fire_alerts(
@@ -493,7 +575,7 @@ async def _ack_when_durable(
     try:
         await asyncio.gather(*forwarded)
     except Exception as exc:  # the producer gave up: committing now would lose events
-        logger.critical("forwarding to %s failed, stopping: %s", worker.stitch_topic_name, exc)
+        logger.critical("forwarding or dead-lettering failed, stopping: %s", exc)
         await worker.app.crash(exc)
         return
     await stored.wait()
@@ -521,17 +603,25 @@ def _read_customer(identity: Any, customer_id: str) -> Any:
     return None if value is None else customer_from_json(value)
 
 
+def _check_fence(worker: Worker, epoch: int) -> None:
+    if worker.stitch_epoch != epoch:
+        raise Fenced()
+
+
 def _write_state(
     worker: Worker,
     stitcher: Stitcher,
+    epoch: int,
     extra: Sequence[tuple[str, bytes | None]] = (),
     *,
     after: asyncio.Event | None = None,
+    sends: Sequence[Awaitable[Any]] = (),
     then: Callable[[], None] = _no_op,
 ) -> asyncio.Task[None]:
     """Write a batch's state changes to the local store now, and to the changelog once
     ``after`` is set (the batch's rows are stored in ClickHouse) and every earlier
-    batch's changes are sent; then call ``then`` (the ack).
+    batch's changes are sent; then, once the broker has the changelog records and the
+    batch's other ``sends`` (alerts, merges), call ``then`` (the ack).
 
     Changes go in replay-safe order (live customers, identifier nodes, deleted
     customers), then ``extra`` (cases, the duplicate window's chunk, watermarks). A
@@ -539,9 +629,15 @@ def _write_state(
     partition over replays the batch from the state before it and writes every row
     again (merges and refusals included), instead of finding the batch applied and its
     rows lost. The local store is ahead of the changelog meanwhile, which
-    ``worker.unsent_state`` counts: a revocation waits for it to drain, and a stop
-    that leaves it above zero has the local state rebuilt (``streams.app.clean_run``).
+    ``worker.unsent_state`` counts.
+
+    Fencing: nothing is written, locally or to the changelog, once the stitch partition
+    was revoked after the batch began (``epoch``, see :meth:`Worker.fence_stitch`). A
+    revocation that leaves batches unsent resets the local store, so that it is
+    restored from the changelog, the truth every worker shares; a stop that leaves
+    them has it rebuilt at the next start (``streams.app.clean_run``).
     """
+    _check_fence(worker, epoch)
     changes = stitcher.changes()
     live = [(k, c) for k, c in changes.customers.items() if c is not None]
     items: list[tuple[str, bytes | None]] = [
@@ -563,12 +659,21 @@ def _write_state(
             await asyncio.wait([previous])
         if after is not None:
             await after.wait()
+        if worker.stitch_epoch != epoch:
+            return  # revoked meanwhile: the next owner replays this batch
+        worker.sending = sending = asyncio.get_running_loop().create_future()
         try:
-            await send_changelog(identity, 0, encoded)
+            written = await send_changelog(identity, 0, encoded)
+            await asyncio.gather(*written, *sends)
         except Exception as exc:  # committing after this would lose the state change
             logger.critical("writing the identity changelog failed, stopping: %s", exc)
             await worker.app.crash(exc)
             return
+        finally:
+            sending.set_result(None)
+            worker.sending = None
+        if worker.stitch_epoch != epoch:
+            return  # revoked while it went out: its offsets are the next owner's
         worker.unsent_state -= 1
         then()
 
@@ -597,7 +702,12 @@ def _compact_slice(
 
 
 async def _erase(
-    worker: Worker, stitcher: Stitcher, request: dict[str, Any], sink: Any, now_ms: int
+    worker: Worker,
+    stitcher: Stitcher,
+    request: dict[str, Any],
+    sink: Any,
+    now_ms: int,
+    epoch: int,
 ) -> None:
     kind, value = request["kind"], request["value"]
     owner = stitcher.owner(kind, value)
@@ -605,7 +715,7 @@ async def _erase(
     ids = [owner, *customer.absorbed] if owner and customer else []
     removed = stitcher.forget(owner) if owner else []
     # tombstones (after every earlier change) before the rows are deleted
-    await _write_state(worker, stitcher)
+    await _write_state(worker, stitcher, epoch)
     if ids:
         await sink.erase(ids)
     done = asyncio.Event()

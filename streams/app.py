@@ -31,9 +31,12 @@ from streams.identifiers import IdentifierPolicy
 from streams.identity import IdentityRules
 from streams.ingest import IngestRules
 from streams.journey import JourneyRules
+from streams.lifecycle import retry_until_ready, survives
 from streams.metrics import WorkerMetrics
+from streams.reconcile import LedgerWatch
 from streams.scores import Rolling, Watermarks
 from streams.settings import Settings
+from streams.state import reset_local
 from streams.stitching import ScoreRules
 from streams.topics import DEDUP_TABLE, IDENTITY_TABLE, discover_input_topics, stitch_topic_name
 
@@ -191,6 +194,11 @@ class Worker:
     state_chain: asyncio.Task[None] | None = None
     #: stitch batches written locally whose changelog records are not sent yet
     unsent_state: int = 0
+    #: grows whenever the stitch partition is taken away (or the worker stops): a batch
+    #: begun under an older epoch writes nothing and acks nothing (see fence_stitch)
+    stitch_epoch: int = 0
+    #: the changelog send in progress, if any (a fence waits for it to finish)
+    sending: asyncio.Future[None] | None = None
     sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
     sink: ClickHouseSink | None = None
     #: the alerts topic, read by the delivery agent
@@ -219,6 +227,30 @@ class Worker:
     @property
     def stitch_topic_name(self) -> str:
         return stitch_topic_name(self.settings)
+
+    async def fence_stitch(self, why: str) -> None:
+        """No stitch batch begun before now writes state or acks from here on.
+
+        A revoked worker's batches may still be running (a rebalance waits for them only
+        ``revoke_wait_s``); whoever owns the partition next replays them from the
+        changelog, and a late write of ours would land in that changelog after theirs.
+        A send already on its way is let finish first. Batches written locally and not
+        sent leave the local store ahead of the changelog: it is reset, so the next
+        assignment restores it from the changelog.
+        """
+        self.stitch_epoch += 1
+        if self.sending is not None:
+            await asyncio.wait([self.sending], timeout=self.settings.revoke_wait_s)
+        self.state_chain = None
+        if self.unsent_state:
+            logger.warning(
+                "%s with %d stitch batches not in the changelog; they are stitched again by "
+                "the next owner, and the local identity state is restored from the changelog",
+                why,
+                self.unsent_state,
+            )
+            if reset_local(self.identity_table, 0):
+                self.unsent_state = 0
 
     def spawn(self, coroutine: Any) -> asyncio.Task[None]:
         """Run a coroutine beside the agents, holding a reference until it ends."""
@@ -283,6 +315,7 @@ def create_worker(
         loghandlers=[],
     )
     app.batched_topics = frozenset((*input_topics, stitch_topic_name(settings)))
+    app.stream_wait_empty_timeout = settings.revoke_wait_s
     input_topic = app.topic(
         *(input_topics or ("touchpoints.all",)),
         key_type=None,
@@ -364,7 +397,10 @@ def create_worker(
         client: Any = None
 
         async def on_start(self) -> None:
-            self.client = await open_clickhouse(settings)
+            # ClickHouse may be down right now: the worker waits for it as it did at start
+            self.client = await retry_until_ready(
+                lambda: open_clickhouse(settings), "ClickHouse", settings.startup_timeout_s
+            )
             worker.sink = ClickHouseSink(
                 self.client,
                 settings.clickhouse_database,
@@ -377,8 +413,10 @@ def create_worker(
             worker.sink_ready.set()
             logger.info("ClickHouse sink ready: %s", settings.clickhouse_url)
             worker.clickhouse = self.client
-            worker.ledger = ClickHouseLedger(worker.sink, settings.clickhouse_database)
-            settled = await worker.ledger.load(self.client)
+            ledger = worker.ledger = ClickHouseLedger(worker.sink, settings.clickhouse_database)
+            settled = await retry_until_ready(
+                lambda: ledger.load(self.client), "the alert ledger", settings.startup_timeout_s
+            )
             worker.deliverer = Deliverer(
                 settings.alerts, worker.webhook_keys, worker.ledger, worker.metrics
             )
@@ -437,12 +475,37 @@ def create_worker(
             }
         )
 
+    watch = LedgerWatch(settings.clickhouse_database)
+
+    @app.timer(interval=settings.reconcile_interval_s or 3600.0)  # type: ignore[untyped-decorator]
+    @survives("checking the ledger")
+    async def check_ledger() -> None:
+        """Export the offsets of this worker's input partitions that were committed and
+        never read (touchpoint_unaccounted_offsets; must stay 0)."""
+        if not settings.reconcile_interval_s or worker.clickhouse is None:
+            return
+        consumer: Any = app.consumer
+        mine = [tp for tp in consumer.assignment() if tp.topic in input_topic.topics]
+        watch.keep((tp.topic, tp.partition) for tp in mine)
+        committed = {tp: consumer._committed_offset.get(tp) for tp in mine}
+        settled = [tp for tp, offset in committed.items() if offset]
+        if not settled:
+            return
+        starts = await consumer.earliest_offsets(*settled)
+        positions = {
+            (tp.topic, tp.partition): (int(starts[tp]), int(committed[tp])) for tp in settled
+        }
+        for (topic, partition), n in (await watch.check(worker.clickhouse, positions)).items():
+            worker.metrics.unaccounted.labels(topic, str(partition)).set(n)
+
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    @survives("logging the accounting")
     async def log_accounting() -> None:
         """Log the accounting line every 10 s."""
         logger.info("accounting: %s", worker.metrics.accounting())
 
     @app.timer(interval=settings.topic_discovery_interval_s)  # type: ignore[untyped-decorator]
+    @survives("looking for new input topics")
     async def discover_topics() -> None:
         """Subscribe to input topics created since start (a new channel needs no restart)."""
         found = await discover_input_topics(settings)

@@ -1,4 +1,5 @@
-"""The ``touchpoint`` command: worker, demo, migrate, generate, schema, benchmark, config.
+"""The ``touchpoint`` command: worker, demo, migrate, generate, schema, benchmark, config,
+report.
 
 Every command reads the same settings (``TOUCHPOINT_*`` environment variables or the
 TOML file given by ``--config`` / ``TOUCHPOINT_CONFIG``, before or after the command)
@@ -21,12 +22,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from time import monotonic
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from streams.settings import ConfigurationError, Settings, describe_error, load_settings
 
-__all__ = ["SETTINGS_HELP", "build_parser", "config_option", "main"]
+if TYPE_CHECKING:
+    from sinks.report_queries import ReportQuery
+
+__all__ = ["SETTINGS_HELP", "build_parser", "config_option", "main", "write_report_file"]
 
 logger = logging.getLogger("touchpoint")
 
@@ -105,8 +110,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run the stream processor until interrupted."""
     settings = _settings(args)
     _configure_logging(settings.log_level)
-    from faust import Worker as FaustWorker
-
     from schemas.alert_rules import signing_keys
 
     try:
@@ -115,7 +118,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SystemExit(f"cannot start: {exc}") from None
 
     from streams.app import clean_run, create_worker
-    from streams.topics import discover_input_topics, ensure_stitch_topic, ensure_topics
+    from streams.topics import (
+        discover_input_topics,
+        ensure_changelog_topics,
+        ensure_stitch_topic,
+        ensure_topics,
+    )
 
     async def prepare() -> tuple[str, ...]:
         await _migrate(settings)
@@ -123,6 +131,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             settings, [settings.dlq_topic, settings.alerts_topic, settings.merges_topic]
         )
         await ensure_stitch_topic(settings)
+        await ensure_changelog_topics(settings)
         found = await discover_input_topics(settings)
         for name, count in found.refused.items():
             logger.error(
@@ -133,11 +142,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
             )
         return found.usable
 
+    from streams.lifecycle import SupervisedWorker, retry_until_ready
+
+    what = f"Kafka at {settings.kafka_bootstrap} and ClickHouse at {settings.clickhouse_url}"
     try:
-        topics = asyncio.run(prepare())
+        topics = asyncio.run(retry_until_ready(prepare, what, settings.startup_timeout_s))
     except Exception as exc:
         raise SystemExit(
-            f"cannot start: {exc}\nCheck TOUCHPOINT_KAFKA_BOOTSTRAP "
+            f"cannot start: {exc}\nWaited {settings.startup_timeout_s:g} s "
+            f"(TOUCHPOINT_STARTUP_TIMEOUT_S). Check TOUCHPOINT_KAFKA_BOOTSTRAP "
             f"({settings.kafka_bootstrap}) and TOUCHPOINT_CLICKHOUSE_URL "
             f"({settings.clickhouse_url})."
         ) from None
@@ -145,11 +158,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "reading %d input topics: %s", len(topics), ", ".join(topics) or "(none yet; discovering)"
     )
     worker = create_worker(settings, topics, keys)
-    faust_worker = FaustWorker(
+    faust_worker = SupervisedWorker(
         worker.app,
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
     )
     # Faust's start-up spinner sets the root logger to DEBUG whenever the level is WARNING
     # or above, so every library formats every debug record (about 7% of the stitch path)
@@ -300,6 +314,180 @@ def cmd_effort_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- verify ------------------------------------------------------------------------------
+
+
+async def _verify(settings: Settings, deep: bool) -> tuple[int, dict[str, object], list[str]]:
+    from sinks.truth import truth_checks
+    from streams.app import open_clickhouse
+    from streams.reconcile import reconcile
+
+    client = await open_clickhouse(settings)
+    try:
+        report = await reconcile(settings, client)
+        lines = report.lines()
+        found: dict[str, object] = {
+            "unread": report.unread,
+            "missing": report.missing,
+            "pending_stitch_records": report.pending,
+            "partitions": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "start": p.start,
+                    "committed": p.committed,
+                    "end": p.end,
+                    "read": p.read,
+                    "unread": p.unread,
+                    "missing": p.missing,
+                }
+                for p in report.partitions
+            ],
+        }
+        status = 1 if report.difference else (3 if report.pending else 0)
+        if deep:
+            differences = await truth_checks(
+                client,
+                settings.clickhouse_database,
+                dimensions=settings.score_segments,
+                assisted=sorted(settings.effort_assisted_channels),
+                bucket_s=settings.score_bucket_s,
+                repeat_window_s=settings.effort_repeat_window_s,
+            )
+            lines += ["aggregates against a recomputation from events:"]
+            lines += [f"  {d}" for d in differences]
+            found["aggregates"] = {d.check: d.differing for d in differences}
+            if any(not d.ok for d in differences) and status == 0:
+                status = 1
+    finally:
+        await client.close()
+    return status, found, lines
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Reconcile committed offsets with the ledger and what ClickHouse holds."""
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    try:
+        status, found, lines = asyncio.run(_verify(settings, args.deep))
+    except Exception as exc:
+        raise SystemExit(
+            f"verify failed: {exc}\nCheck TOUCHPOINT_KAFKA_BOOTSTRAP and "
+            f"TOUCHPOINT_CLICKHOUSE_URL (is ClickHouse migrated?)."
+        ) from None
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print("\n".join(lines))
+        if status == 3:
+            print("pending: the stitch topic is not committed to its end; run again when drained")
+    return status
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def _report_time(text: str) -> datetime:
+    """``--from`` / ``--to``: an ISO 8601 date or date and time; without an offset, UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date or time: {text!r} (e.g. 2026-11-01 or 2026-11-01T08:00:00+01:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _report_segment(text: str) -> str:
+    """``--segment``: ``KIND`` or ``KIND:*`` (every value of a kind) or ``KIND:VALUE``."""
+    kind, sep, value = text.partition(":")
+    if not kind or (sep and not value):
+        raise argparse.ArgumentTypeError(
+            f"not a segment: {text!r} (give KIND:VALUE, e.g. region:eu-west, or KIND:* for "
+            "every value of a kind, e.g. channel:*)"
+        )
+    return kind if value in ("", "*") else f"{kind}:{value}"
+
+
+def _report_step(text: str) -> int:
+    from schemas.alert_rules import parse_duration
+
+    try:
+        seconds = int(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 60:
+        raise argparse.ArgumentTypeError("--step is at least a minute (the score buckets')")
+    return seconds
+
+
+def write_report_file(
+    settings: Settings, output: Path, query: ReportQuery | None = None
+) -> dict[str, Any]:
+    """Write the report of ``settings``' ClickHouse to ``output``; returns what it
+    covers (the row of :data:`sinks.report_queries.COVERAGE`)."""
+    from sinks.report_queries import ReportQuery
+    from streams.report import write_report
+
+    async def run() -> dict[str, Any]:
+        import clickhouse_connect
+
+        client = await clickhouse_connect.get_async_client(
+            dsn=settings.clickhouse_url,
+            username=settings.clickhouse_user,
+            password=settings.clickhouse_password.get_secret_value(),
+            verify=settings.clickhouse_verify_tls,
+            autogenerate_session_id=False,
+        )
+        try:
+            data = await write_report(
+                client,
+                settings.clickhouse_database,
+                query or ReportQuery(),
+                output,
+                datetime.now(UTC),
+            )
+        finally:
+            await client.close()
+        return dict(data["coverage"])
+
+    return asyncio.run(run())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the analysts' report: one self-contained HTML file drawn from ClickHouse."""
+    from sinks.report_queries import ReportQuery
+
+    settings = _settings(args)
+    _configure_logging("WARNING")
+    if args.start and args.end and args.start >= args.end:
+        raise SystemExit("--from must come before --to")
+    query = ReportQuery(
+        start=args.start,
+        end=args.end,
+        segments=tuple(dict.fromkeys(args.segment or ["channel"])),
+        step_s=args.step,
+    )
+    output = Path(args.output)
+    try:
+        covers = write_report_file(settings, output, query)
+    except Exception as exc:
+        raise SystemExit(
+            f"report failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}"
+            " and migrated (touchpoint migrate)?"
+        ) from None
+    span = (
+        f"{covers['first_event']} to {covers['last_event']}"
+        if covers["first_event"]
+        else "no events in the range"
+    )
+    print(
+        f"wrote {output.resolve()}: {covers['events']:,} events, {covers['customers']:,} "
+        f"customers, {covers['answers']:,} answers ({span})"
+    )
+    return 0
+
+
 # --- schema / config ---------------------------------------------------------------------
 
 
@@ -362,7 +550,18 @@ def _version() -> str:
 
 #: Commands whose help points to ``touchpoint config`` and the settings reference.
 _READS_SETTINGS = frozenset(
-    {"worker", "migrate", "config", "generate", "erase", "effort-check", "status", "dlq"}
+    {
+        "worker",
+        "migrate",
+        "config",
+        "generate",
+        "erase",
+        "effort-check",
+        "verify",
+        "report",
+        "status",
+        "dlq",
+    }
 )
 
 
@@ -438,6 +637,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=120.0, help="seconds to wait for a worker to confirm"
     )
 
+    verify = add(
+        "verify",
+        cmd_verify,
+        "reconcile every input partition: offsets the consumer group committed that no "
+        "batch read, and messages read that ClickHouse holds no outcome for; exit 1 on a "
+        "difference, 3 while the stitch topic still has records to store",
+    )
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="also recompute scores, journeys and effort from events and compare",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+
     add(
         "effort-check",
         cmd_effort_check,
@@ -445,10 +658,36 @@ def build_parser() -> argparse.ArgumentParser:
         "sample size, mean effort per CES score)",
     )
 
+    report = add(
+        "report",
+        cmd_report,
+        "write the analysts' report: one self-contained HTML file (charts and their data "
+        "inside, opens offline) drawn from the ClickHouse views",
+    )
+    report.add_argument("--output", "-o", required=True, help="the HTML file to write")
+    report.add_argument(
+        "--from", dest="start", type=_report_time, help="event time from (ISO 8601; UTC)"
+    )
+    report.add_argument("--to", dest="end", type=_report_time, help="event time until, excluded")
+    report.add_argument(
+        "--segment",
+        action="append",
+        type=_report_segment,
+        metavar="KIND:VALUE",
+        help="a segment whose NPS, CSAT and CES to draw over time, e.g. region:eu-west; "
+        "KIND:* for every value of a kind; repeat for more (default channel:*)",
+    )
+    report.add_argument(
+        "--step", type=_report_step, help="time step of the charts, e.g. 1h, 6h, 1d "
+        "(default: from the span, at most 48 steps)",
+    )  # fmt: skip
+
     from streams import commands as extra
     from streams import operator_commands
+    from streams.tools import commands as tools
 
     extra.register(add)
+    tools.register(add)
     operator_commands.register(add)
     _show_every_default(parser)
     return parser

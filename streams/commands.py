@@ -407,6 +407,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_identity_report(client))
         print(_scores_report(client))
         print(_alerts_report(client))
+        from streams.cli import write_report_file
+
+        report = home.resolve() / "report.html"
+        write_report_file(defaults.model_copy(update={"clickhouse_url": clickhouse.url}), report)
+        print(f"\nthe report (charts, opens offline in any browser): {report}")
         if not args.keep_running:
             print(
                 "\n(everything stops now; `touchpoint demo --keep-running` keeps it up "

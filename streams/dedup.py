@@ -14,6 +14,11 @@ again, idempotently, so nothing whose first delivery was not yet stored is lost.
 
 Bounds, per input partition: chunks older than the window (by arrival time) expire,
 and the oldest chunks expire while more than ``max_ids_per_partition`` ids are held.
+
+An id can carry an *origin*, a number that names where the message first came from
+(the stitch agent keys its window by stitch-topic offsets, and notes the input
+coordinates as the origin): :meth:`DuplicateWindow.origin_of` tells a repeat that is
+the same input message forwarded again from one that is another message.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 __all__ = ["Chunk", "DuplicateWindow", "Sealed", "chunk_partition"]
 
 Coordinates = tuple[str, int, int]
+#: (event_id, offset) or, with an origin, (event_id, offset, origin)
+Entry = tuple[str, int] | tuple[str, int, int]
 
 
 @dataclass(slots=True)
@@ -36,7 +43,7 @@ class Chunk:
     topic: str
     partition: int
     created_ms: int
-    ids: list[tuple[str, int]]
+    ids: list[Entry]
 
     def to_value(self) -> dict[str, Any]:
         return {"topic": self.topic, "t": self.created_ms, "ids": [list(i) for i in self.ids]}
@@ -48,8 +55,15 @@ class Chunk:
             topic=str(value["topic"]),
             partition=chunk_partition(key),
             created_ms=int(value["t"]),
-            ids=[(str(eid), int(off)) for eid, off in value["ids"]],
+            ids=[_entry(item) for item in value["ids"]],
         )
+
+
+def _entry(item: Any) -> Entry:
+    """A persisted id: ``[event_id, offset]``, or with its origin ``[.., origin]``."""
+    if len(item) > 2 and item[2] is not None:
+        return (str(item[0]), int(item[1]), int(item[2]))
+    return (str(item[0]), int(item[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +86,10 @@ class DuplicateWindow:
     window_ms: int
     max_ids_per_partition: int
     _index: dict[str, Coordinates] = field(default_factory=dict)
+    _origins: dict[str, int] = field(default_factory=dict)
     _chunks: dict[int, deque[Chunk]] = field(default_factory=dict)
     _held: dict[int, int] = field(default_factory=dict)
-    _pending: dict[tuple[str, int], list[tuple[str, int]]] = field(default_factory=dict)
+    _pending: dict[tuple[str, int], list[Entry]] = field(default_factory=dict)
 
     def is_loaded(self, partition: int) -> bool:
         return partition in self._chunks
@@ -85,8 +100,12 @@ class DuplicateWindow:
         for chunk in sorted(chunks, key=lambda c: (c.created_ms, c.key)):
             queue.append(chunk)
             self._held[partition] = self._held.get(partition, 0) + len(chunk.ids)
-            for event_id, offset in chunk.ids:
-                self._index.setdefault(event_id, (chunk.topic, partition, offset))
+            for entry in chunk.ids:
+                event_id = entry[0]
+                if event_id not in self._index:
+                    self._index[event_id] = (chunk.topic, partition, entry[1])
+                    if len(entry) > 2:
+                        self._origins[event_id] = entry[2]
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop what is held for partitions this worker no longer owns."""
@@ -96,21 +115,31 @@ class DuplicateWindow:
             self._held.pop(partition, None)
             for key in [k for k in self._pending if k[1] == partition]:
                 topic = key[0]
-                for event_id, offset in self._pending.pop(key):
-                    if self._index.get(event_id) == (topic, partition, offset):
-                        del self._index[event_id]
+                for entry in self._pending.pop(key):
+                    self._drop_id(entry, topic, partition)
 
-    def seen(self, event_id: str, topic: str, partition: int, offset: int) -> bool:
+    def seen(
+        self, event_id: str, topic: str, partition: int, offset: int, origin: int | None = None
+    ) -> bool:
         """True if ``event_id`` was accepted before at other coordinates: a duplicate.
 
-        Otherwise the id is remembered (pending until :meth:`seal`) and False returned.
+        Otherwise the id is remembered, with its ``origin`` when given (pending until
+        :meth:`seal`), and False returned.
         """
         first = self._index.get(event_id)
         if first is None:
             self._index[event_id] = (topic, partition, offset)
-            self._pending.setdefault((topic, partition), []).append((event_id, offset))
+            entry: Entry = (event_id, offset)
+            if origin is not None:
+                self._origins[event_id] = origin
+                entry = (event_id, offset, origin)
+            self._pending.setdefault((topic, partition), []).append(entry)
             return False
         return first != (topic, partition, offset)
+
+    def origin_of(self, event_id: str) -> int | None:
+        """The origin the first occurrence of ``event_id`` was seen with, if any."""
+        return self._origins.get(event_id)
 
     def seal(self, topic: str, partition: int, now_ms: int) -> Sealed:
         """Close the batch of ``topic``/``partition``: the chunk to write and keys to expire."""
@@ -141,6 +170,11 @@ class DuplicateWindow:
         return self._held.get(partition, 0)
 
     def _drop_ids(self, chunk: Chunk) -> None:
-        for event_id, offset in chunk.ids:
-            if self._index.get(event_id) == (chunk.topic, chunk.partition, offset):
-                del self._index[event_id]
+        for entry in chunk.ids:
+            self._drop_id(entry, chunk.topic, chunk.partition)
+
+    def _drop_id(self, entry: Entry, topic: str, partition: int) -> None:
+        event_id = entry[0]
+        if self._index.get(event_id) == (topic, partition, entry[1]):
+            del self._index[event_id]
+            self._origins.pop(event_id, None)

@@ -103,6 +103,9 @@ class GeneratorConfig:
     bad_share: float = 0.0
     duplicate_share: float = 0.0
     incident: Incident | None = None
+    #: the shared family tablet and the call-centre placeholder phone: links a stitcher
+    #: must refuse (off when a test needs identity to equal the connected components)
+    link_traps: bool = True
 
     def in_incident(self, channel: str, when: datetime) -> bool:
         """Whether a contact on ``channel`` at ``when`` is hit by the incident."""
@@ -153,7 +156,7 @@ def _zipf_weights(n: int, exponent: float) -> list[float]:
     return list(itertools.accumulate(weights))
 
 
-def _customers(rng: random.Random, n: int) -> list[_Customer]:
+def _customers(rng: random.Random, n: int, link_traps: bool = True) -> list[_Customer]:
     people = []
     for i in range(n):
         # spellings vary (spaces, national formats); every one is a valid number
@@ -174,7 +177,11 @@ def _customers(rng: random.Random, n: int) -> list[_Customer]:
                 phone=phone,
                 account_id=f"acc-{i:07d}",
                 anonymous_id=f"anon-{rng.getrandbits(64):016x}",
-                device_id=SHARED_TABLET if i % 97 == 0 else f"dev-{rng.getrandbits(48):012x}",
+                device_id=(
+                    SHARED_TABLET
+                    if i % 97 == 0 and link_traps
+                    else f"dev-{rng.getrandbits(48):012x}"
+                ),
                 loyalty_id=f"loy-{i:07d}" if i % 4 == 0 else None,
                 crm_id=f"crm-{i:07d}" if i % 6 == 0 else None,
                 region=rng.choice(REGIONS),
@@ -405,7 +412,8 @@ class _Journeys:
 
     def _contact_identifiers(self, c: _Customer, channel: str) -> dict[str, str]:
         if channel == "call_center":
-            shown = {"phone": PLACEHOLDER_PHONE if self.rng.random() < 0.08 else c.phone}
+            placeholder = self.rng.random() < 0.08 and self.config.link_traps
+            shown = {"phone": PLACEHOLDER_PHONE if placeholder else c.phone}
             if c.crm_id:
                 shown["crm_id"] = c.crm_id
             return shown
@@ -517,7 +525,7 @@ def _bad(kind: str, rng: random.Random, valid: dict[str, Any]) -> tuple[str, byt
 def generate(config: GeneratorConfig) -> Iterator[GeneratedMessage]:
     """The touchpoints of ``config.customers`` customers, in event-time order."""
     rng = random.Random(config.seed)
-    people = _customers(rng, config.customers)
+    people = _customers(rng, config.customers, config.link_traps)
     cumulative = _zipf_weights(config.customers, config.zipf_exponent)
     order = list(range(config.customers))
     rng.shuffle(order)  # popularity is not customer number

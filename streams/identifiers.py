@@ -73,7 +73,12 @@ class IdentifierPolicy:
     def is_blocked(self, trimmed: str) -> bool:
         if trimmed.lower() in self.blocked_values:
             return True
-        return any(pattern.fullmatch(trimmed) for pattern in self._blocked_res)
+        # a plain loop, not any() over a generator: called twice per identifier, where
+        # the generator costs more than the matching (7 % of ingest's instructions)
+        for pattern in self._blocked_res:  # noqa: SIM110
+            if pattern.fullmatch(trimmed):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,17 @@ Pure: no Faust, no I/O; the wall clock comes in as ``now``. Every record gets ex
 one answer, an :class:`IngestedEvent` or a :class:`DeadLetter` with a reason from
 :class:`schemas.dead_letter.Reason`; an unexpected exception becomes
 ``processing_error`` rather than escaping, so one odd message never stops a partition.
+
+Every step a message needs before it leaves ingest runs here, inside that isolation:
+parsing, validation, normalisation and building its ``events_store`` row, serialised
+(``IngestedEvent.row``). The ingest agent forwards those bytes as they are, so a value
+that no row can hold costs its own message a dead letter, never its neighbours.
+
+Each value is parsed twice: once by orjson, strictly (NaN and Infinity are not JSON),
+for the string-length and depth checks, and once by pydantic for validation. The two
+agree where it matters: with a repeated key the last value wins in both, and the row is
+built from what pydantic validated, so the stored row is what was checked. Integers
+orjson reads as floats (beyond 64 bits) are found when the row is serialised.
 """
 
 from __future__ import annotations
@@ -17,8 +28,9 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.dead_letter import DeadLetter, Reason
-from schemas.event import TouchpointEvent
+from schemas.event import EARLIEST, EARLIEST_MS, LATEST, LATEST_MS, MAX_DEPTH, TouchpointEvent
 from schemas.ingested import IngestedEvent, SourceRecord
+from sinks.rows import event_row
 from streams.dedup import DuplicateWindow
 from streams.identifiers import IdentifierPolicy, normalise_identifiers
 
@@ -38,6 +50,9 @@ _ERROR_REASONS: dict[str, Reason] = {
     "invalid_channel": Reason.INVALID_CHANNEL,
     "string_too_long": Reason.STRING_TOO_LONG,
 }
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The integers orjson writes: signed and unsigned 64 bits.
+_SMALLEST_INT, _LARGEST_INT = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -45,12 +60,14 @@ class IngestRules:
     """What ingest checks, with the configured limits.
 
     Times are in seconds. ``time_policy`` is ``flag`` (accept and flag events outside
-    ``[now - max_age, now + max_future]``) or ``dead_letter``.
+    ``[now - max_age, now + max_future]``) or ``dead_letter``. ``max_depth`` counts
+    the levels of objects and arrays, the event object being the first.
     """
 
     identifiers: IdentifierPolicy
     max_event_bytes: int = 65536
     max_string_chars: int = 4096
+    max_depth: int = MAX_DEPTH
     clock_skew_tolerance_s: float = 2.0
     max_future_s: float = 300.0
     max_age_s: float = 30 * 86400.0
@@ -71,7 +88,8 @@ def channel_of_topic(topic: str) -> str:
 
 
 def ingest(record: SourceRecord, rules: IngestRules, now: datetime) -> IngestedEvent | DeadLetter:
-    """Validate and normalise one record; never raises for anything in the record."""
+    """Validate and normalise one record and build its row; never raises for anything in
+    the record (value, key, headers or timestamp)."""
     try:
         return _ingest(record, rules, now)
     except _Rejected as rejected:
@@ -89,11 +107,13 @@ def _ingest(record: SourceRecord, rules: IngestRules, now: datetime) -> Ingested
         raise _Rejected(
             Reason.TOO_LARGE, f"{len(raw)} bytes, at most {rules.max_event_bytes} allowed"
         )
-    _check_strict_json(raw, rules.max_string_chars)
+    if raw[0] == 0 and len(raw) >= 5:  # JSON never starts with a zero byte
+        _refuse_framing(raw)
+    document = _read_strict_json(raw, rules)
     try:
         event = TouchpointEvent.model_validate_json(raw)
     except ValidationError as exc:
-        raise _explain(exc, raw) from None
+        raise _explain(exc, raw, document) from None
     except (OverflowError, ValueError) as exc:  # numbers beyond float range, for one
         raise _Rejected(Reason.INVALID_FIELD, f"unreadable value: {exc}") from None
 
@@ -128,6 +148,13 @@ def _ingest(record: SourceRecord, rules: IngestRules, now: datetime) -> Ingested
     occurred_at, skew_ms = _correct_skew(event, record.timestamp_ms, rules.clock_skew_tolerance_s)
     if skew_ms:
         flags.append(FLAG_SKEW_CORRECTED)
+        if not EARLIEST <= occurred_at <= LATEST:
+            raise _Rejected(
+                Reason.INVALID_TIMESTAMP,
+                f"sent_at says the producer clock is off by {skew_ms} ms; corrected by that, "
+                f"occurred_at would leave 1900-01-01..2299-12-31: check the producer's clock",
+                event.event_id,
+            )
     if occurred_at > now + timedelta(seconds=rules.max_future_s):
         if rules.time_policy == "dead_letter":
             raise _Rejected(
@@ -146,7 +173,7 @@ def _ingest(record: SourceRecord, rules: IngestRules, now: datetime) -> Ingested
             )
         flags.append(FLAG_TOO_OLD)
 
-    return IngestedEvent(
+    ingested = IngestedEvent(
         event=event,
         channel=channel,
         occurred_at=occurred_at,
@@ -158,6 +185,57 @@ def _ingest(record: SourceRecord, rules: IngestRules, now: datetime) -> Ingested
         flags=tuple(flags),
         source=record,
     )
+    # The row is derived from the event it belongs to, so it is set once here, before
+    # anyone sees the event (rebuilding the frozen instance would cost more than the row).
+    object.__setattr__(ingested, "row", _serialise_row(ingested))
+    return ingested
+
+
+def _serialise_row(ingested: IngestedEvent) -> bytes:
+    """The ``events_store`` row as a JSON array; an integer no row holds is the event's fault."""
+    try:
+        return orjson.dumps(event_row(ingested))
+    except orjson.JSONEncodeError:
+        found = _integer_beyond_64_bits(ingested.event.properties)
+        if found is None:
+            raise
+        raise _Rejected(
+            Reason.INVALID_FIELD,
+            f"{found}: integer outside the 64-bit range (-2^63..2^64-1) that rows hold: "
+            "send it as a string",
+            ingested.event.event_id,
+        ) from None
+
+
+def _integer_beyond_64_bits(properties: dict[str, Any]) -> str | None:
+    """The path of the first integer outside -2^63..2^64-1 in document order, or None."""
+    stack: list[tuple[Any, str]] = [(properties, "properties")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, int) and not _SMALLEST_INT <= value <= _LARGEST_INT:
+            return path
+        if isinstance(value, dict):
+            stack.extend((item, f"{path}.{key}") for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _refuse_framing(raw: bytes) -> None:
+    """Refuse a value in the Schema Registry wire format: a zero byte, a 4-byte big-endian
+    schema id, then the payload. The processor reads plain JSON and no schema registry."""
+    schema_id = int.from_bytes(raw[1:5], "big")
+    try:
+        orjson.loads(raw[5:])
+        payload = "a JSON document"
+    except orjson.JSONDecodeError:
+        payload = f"{len(raw) - 5} bytes that are not JSON (Avro or Protobuf?)"
+    raise _Rejected(
+        Reason.SCHEMA_REGISTRY_FRAMING,
+        f"Schema Registry framing (magic byte 0, schema id {schema_id}) before {payload}: "
+        "produce plain JSON values (a string or byte-array serializer); to replay, "
+        "drop the first 5 bytes",
+    )
 
 
 def _correct_skew(
@@ -166,11 +244,12 @@ def _correct_skew(
     """Shift occurred_at by the producer clock's error, measured as sent_at minus record time.
 
     The Kafka record timestamp is the reference clock. A difference within the tolerance
-    is network and batching delay, not skew, and is left alone.
+    is network and batching delay, not skew, and is left alone. A record timestamp no
+    calendar holds (producers may set any 64-bit value) is no reference at all.
     """
-    if event.sent_at is None or record_ms is None:
+    if event.sent_at is None or record_ms is None or not EARLIEST_MS <= record_ms <= LATEST_MS:
         return event.occurred_at, 0
-    reference = datetime.fromtimestamp(record_ms / 1000, tz=UTC)
+    reference = _EPOCH + timedelta(milliseconds=record_ms)
     skew = event.sent_at - reference
     if abs(skew.total_seconds()) <= tolerance_s:
         return event.occurred_at, 0
@@ -178,30 +257,51 @@ def _correct_skew(
     return event.occurred_at - timedelta(milliseconds=skew_ms), skew_ms
 
 
-def _first_long_string(value: Any, limit: int, path: str) -> str | None:
-    """The path of the first string (key or value) longer than ``limit``, or None."""
-    if isinstance(value, str):
-        return path if len(value) > limit else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if len(key) > limit:
-                return path
-            found = _first_long_string(item, limit, f"{path}.{key}" if path else key)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _first_long_string(item, limit, f"{path}[{index}]")
-            if found is not None:
-                return found
+def _first_excess(
+    value: Any, string_limit: int | None, depth_limit: int | None
+) -> _Rejected | None:
+    """The first string (key or value) longer than ``string_limit`` or container nested
+    deeper than ``depth_limit`` (None: not checked), in document order; iterative, so no
+    depth of nesting can exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            if string_limit is not None and len(item) > string_limit:
+                return _Rejected(
+                    Reason.STRING_TOO_LONG,
+                    f"{path or '(event)'}: string longer than {string_limit} chars",
+                )
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth_limit is not None and depth > depth_limit:
+            return _Rejected(
+                Reason.TOO_DEEP,
+                f"{path}: objects and arrays nested deeper than {depth_limit} levels",
+            )
+        children: list[tuple[Any, str, int]] = []
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if string_limit is not None and len(key) > string_limit:
+                    return _Rejected(
+                        Reason.STRING_TOO_LONG,
+                        f"{path or '(event)'}: key longer than {string_limit} chars",
+                    )
+                children.append((child, f"{path}.{key}" if path else key, depth + 1))
+        else:
+            children = [(child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item)]
+        stack.extend(reversed(children))
     return None
 
 
-def _check_strict_json(raw: bytes, limit: int) -> None:
-    """Refuse what is not strict JSON (pydantic reads NaN and Infinity) or holds long strings.
+def _read_strict_json(raw: bytes, rules: IngestRules) -> Any:
+    """Parse strictly (pydantic reads NaN and Infinity; orjson does not) and refuse long
+    strings and deep nesting.
 
-    A decoded JSON string is never longer than its encoding, so only a document larger
-    than the limit needs the walk over its strings.
+    Both walks are skipped when they cannot find anything, which is almost always: a
+    decoded JSON string is never longer than its encoding, and a document cannot nest
+    deeper than the number of ``{`` and ``[`` bytes it holds.
     """
     try:
         document = orjson.loads(raw)  # strict JSON: NaN and Infinity are not JSON
@@ -210,21 +310,33 @@ def _check_strict_json(raw: bytes, limit: int) -> None:
             raw.decode("utf-8")
         except UnicodeDecodeError as utf:
             raise _Rejected(Reason.NOT_UTF8, f"not UTF-8 at byte {utf.start}") from None
+        if "depth limit" in str(exc):  # orjson stops at 1024 levels (tested: a test pins it)
+            raise _Rejected(
+                Reason.TOO_DEEP,
+                f"objects and arrays nested deeper than {rules.max_depth} levels",
+            ) from None
         raise _Rejected(Reason.NOT_JSON, f"not JSON: {exc}") from None
-    if len(raw) <= limit:
-        return
-    too_long = _first_long_string(document, limit, "")
-    if too_long is not None:
-        event_id = document.get("event_id") if isinstance(document, dict) else None
-        valid_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
-        raise _Rejected(
-            Reason.STRING_TOO_LONG,
-            f"{too_long or '(key)'}: string longer than {limit} chars",
-            valid_id,
+    check_strings = len(raw) > rules.max_string_chars
+    check_depth = raw.count(b"{") + raw.count(b"[") > rules.max_depth
+    if check_strings or check_depth:
+        excess = _first_excess(
+            document,
+            rules.max_string_chars if check_strings else None,
+            rules.max_depth if check_depth else None,
         )
+        if excess is not None:
+            excess.event_id = _valid_event_id(document)
+            raise excess
+    return document
 
 
-def _explain(exc: ValidationError, raw: bytes) -> _Rejected:
+def _valid_event_id(document: Any) -> str | None:
+    """The document's event_id if it is one the contract allows, for the dead letter."""
+    event_id = document.get("event_id") if isinstance(document, dict) else None
+    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 128 else None
+
+
+def _explain(exc: ValidationError, raw: bytes, document: Any) -> _Rejected:
     """The rejection for a validation error: its reason, and every error as ``where: what``."""
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
@@ -240,18 +352,13 @@ def _explain(exc: ValidationError, raw: bytes) -> _Rejected:
     detail = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '(event)'}: {e['msg']}" for e in errors[:5]
     )
-    try:
-        event_id = orjson.loads(raw).get("event_id")
-    except (orjson.JSONDecodeError, AttributeError):
-        event_id = None
-    if not isinstance(event_id, str) or len(event_id) > 128:
-        event_id = None
-    return _Rejected(reason, detail, event_id)
+    return _Rejected(reason, detail, _valid_event_id(document))
 
 
 def _dead_letter(
     record: SourceRecord, reason: Reason, detail: str, event_id: str | None, now: datetime
 ) -> DeadLetter:
+    timestamp_ms = record.timestamp_ms
     return DeadLetter(
         reason=reason,
         detail=detail,
@@ -259,9 +366,9 @@ def _dead_letter(
         source_partition=record.partition,
         source_offset=record.offset,
         source_timestamp=(
-            datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
-            if record.timestamp_ms is not None
-            else None
+            _EPOCH + timedelta(milliseconds=timestamp_ms)
+            if timestamp_ms is not None and EARLIEST_MS <= timestamp_ms <= LATEST_MS
+            else None  # producers may set any 64-bit timestamp; none is better than a crash
         ),
         key=record.key,
         raw=record.value or b"",

@@ -114,6 +114,13 @@ class WorkerMetrics:
         self.stitch_lag = Gauge(
             "touchpoint_stitch_batch_seconds", "Time to stitch the last stitch record", registry=r
         )
+        self.unaccounted = Gauge(
+            "touchpoint_unaccounted_offsets",
+            "Offsets below the committed offset of an input partition this worker holds that "
+            "no batch read (a loss; must stay 0; touchpoint verify shows where)",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.alerts_fired = Counter(
             "touchpoint_alerts_fired", "Alerts fired by the stitch agent", ["type"], registry=r
         )

@@ -55,8 +55,11 @@ __all__ = [
 #: Every setting's environment variable starts with this.
 ENV_PREFIX = "TOUCHPOINT_"
 #: Variables with the prefix that are read by name rather than as settings: the config
-#: file's path and the cache of downloaded jars (tests, demo, benchmark).
-OTHER_VARIABLES: frozenset[str] = frozenset({"TOUCHPOINT_CONFIG", "TOUCHPOINT_CACHE_DIR"})
+#: file's path, the cache of downloaded jars (tests, demo, benchmark) and the browser the
+#: report's tests drive.
+OTHER_VARIABLES: frozenset[str] = frozenset(
+    {"TOUCHPOINT_CONFIG", "TOUCHPOINT_CACHE_DIR", "TOUCHPOINT_TEST_CHROMIUM"}
+)
 #: A family of variables: each webhook endpoint's secret, ``TOUCHPOINT_WEBHOOK_SECRET_<NAME>``.
 _WEBHOOK_SECRET_PREFIX = "TOUCHPOINT_WEBHOOK_SECRET_"  # noqa: S105  (a name, not a secret)
 
@@ -182,6 +185,29 @@ class Settings(BaseSettings):
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a new consumer group starts on a partition"
+    )
+    startup_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long a starting worker waits for Kafka and ClickHouse (0: no limit)",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a stop (SIGTERM) that takes longer ends the process at once, status 1; "
+        "the local state is then rebuilt from the changelogs at the next start",
+    )
+    reconcile_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="how often a worker checks the ledger for committed offsets nothing read "
+        "(touchpoint_unaccounted_offsets); 0 turns the check off",
+    )
+    revoke_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="how long a rebalance or a stop waits for batches in processing before "
+        "it leaves them uncommitted (whoever holds the partition next reads them again)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level of the worker"

@@ -45,9 +45,9 @@ store), never in the file you commit.
 A `TOUCHPOINT_*` variable that names no setting is refused at start, with the closest
 name: a typo never silently leaves a default in place. Besides the settings, these
 variables are read: `TOUCHPOINT_CONFIG` (the TOML file), `TOUCHPOINT_CACHE_DIR` (where
-the tests, the demo and the benchmark keep downloaded jars) and
-`TOUCHPOINT_WEBHOOK_SECRET_<NAME>` (the secret of the webhook endpoint `<name>`, see the
-README's Alerts section).
+the tests, the demo and the benchmark keep downloaded jars), `TOUCHPOINT_TEST_CHROMIUM`
+(the browser of the report's tests) and `TOUCHPOINT_WEBHOOK_SECRET_<NAME>` (the secret
+of the webhook endpoint `<name>`, see the README's Alerts section).
 """
 
 

@@ -24,11 +24,13 @@ that a restart could not rebuild.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["send_changelog", "write_local"]
+__all__ = ["reset_local", "send_changelog", "write_local"]
 
 logger = logging.getLogger(__name__)
 _crashing: set[asyncio.Future[Any]] = set()
@@ -109,3 +111,26 @@ def _check(table: Any, done: asyncio.Future[Any]) -> None:
         crash = asyncio.ensure_future(table.app.crash(exc))
         _crashing.add(crash)
         crash.add_done_callback(_crashing.discard)
+
+
+def reset_local(table: Any, partition: int) -> bool:
+    """Forget the local copy of one partition of the table: the next assignment restores
+    it from the changelog (its persisted offset goes with it). Returns whether the copy
+    was dropped; the memory store (tests) keeps no local copy apart from Faust's own.
+
+    Used when local writes were made that the changelog will never have (a batch
+    fenced off after its local write): restoring over such a store would keep them.
+    """
+    store = table.data
+    if not hasattr(store, "_dbs"):
+        return False
+    db = store._dbs.pop(partition, None)
+    if db is not None:
+        db.close()
+    del db
+    gc.collect()
+    for key in [k for k, p in store._key_index.items() if p == partition]:
+        del store._key_index[key]
+    shutil.rmtree(store.partition_path(partition), ignore_errors=True)
+    logger.warning("local state of %s partition %d dropped", table.name, partition)
+    return True

@@ -8,6 +8,7 @@ table, persists :meth:`Stitcher.changes` and hands :attr:`StitchOutput.rows` to 
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,16 @@ from streams.scores import (
     tally_answers,
 )
 
-__all__ = ["FLAG_LATE", "ScoreRules", "StitchOutput", "chunk_rows", "stitch_rows", "touch_of"]
+__all__ = [
+    "FLAG_LATE",
+    "ScoreRules",
+    "StitchOutput",
+    "chunk_rows",
+    "duplicate_row",
+    "origin_of",
+    "stitch_rows",
+    "touch_of",
+]
 
 _COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
 _EVENT_ID, _OCCURRED_AT = _COLUMN["event_id"], _COLUMN["occurred_at"]
@@ -48,6 +58,7 @@ _METRIC, _SCORE = _COLUMN["survey_metric"], _COLUMN["survey_score"]
 _SCALE = _COLUMN["survey_scale_max"]
 _CONTEXT, _FLAGS, _STAGE = _COLUMN["context"], _COLUMN["flags"], _COLUMN["journey_stage"]
 _SOURCE_TOPIC, _SOURCE_PARTITION = _COLUMN["source_topic"], _COLUMN["source_partition"]
+_SOURCE_OFFSET, _RECEIVED_AT = _COLUMN["source_offset"], _COLUMN["received_at"]
 _INTERACTION = tuple(
     _COLUMN[c]
     for c in (
@@ -157,10 +168,12 @@ def stitch_rows(
     effort_rows: dict[str, tuple[Any, ...]] = {}
     effort_contacts: dict[str, Contact] = {}
     effort_view: dict[Key, Tally] = {}
+    duplicates: list[tuple[Any, ...]] = []
     for offset, record_rows in records:
         answers: list[Answer] = []
         for row in record_rows:
-            repeat = window.seen(row[_EVENT_ID], topic, 0, offset)
+            origin = origin_of(row[_SOURCE_TOPIC], row[_SOURCE_PARTITION], row[_SOURCE_OFFSET])
+            repeat = window.seen(row[_EVENT_ID], topic, 0, offset, origin)
             result = stitcher.stitch(row[_IDENTIFIERS], touch_of(row), offset, count=not repeat)
             row[CUSTOMER_ID_COLUMN] = result.customer_id
             out.duplicates += repeat
@@ -168,6 +181,10 @@ def stitch_rows(
             refusals.extend(result.refusals)
             out.replayed += not result.applied and not repeat
             if repeat:
+                if window.origin_of(row[_EVENT_ID]) != origin:
+                    # another message with this event_id (not the same one forwarded
+                    # again after a replay of ingest): its outcome is a duplicate
+                    duplicates.append(duplicate_row(row, "stitch"))
                 continue
             customer = stitcher.customer(result.customer_id)
             stage = customer.journey.stage if customer is not None else ""
@@ -246,9 +263,29 @@ def stitch_rows(
         "identity_refusals_store": [refusal_row(r, now_ms) for r in refusals],
         "scores_store": scores,
         "effort_store": list(effort_rows.values()),
+        "duplicates_store": duplicates,
     }
     out.refusals = Counter(r.reason for r in refusals)
     return out
+
+
+def origin_of(topic: str, partition: int, offset: int) -> int:
+    """A stable 63-bit number naming an input message's coordinates (the stitch agent's
+    duplicate window notes it with each event id, see ``streams.dedup``)."""
+    digest = hashlib.blake2b(f"{topic}:{partition}:{offset}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def duplicate_row(row: Sequence[Any], stage: str) -> tuple[Any, ...]:
+    """The ``duplicates_store`` row of a forwarded event row (``EVENT_COLUMNS`` order)."""
+    return (
+        row[_SOURCE_TOPIC],
+        row[_SOURCE_PARTITION],
+        row[_SOURCE_OFFSET],
+        row[_EVENT_ID],
+        stage,
+        row[_RECEIVED_AT],
+    )
 
 
 def _effort_row(c: Contact, version: int) -> tuple[Any, ...]:

@@ -29,7 +29,9 @@ __all__ = [
     "DEDUP_TABLE",
     "IDENTITY_TABLE",
     "InputTopics",
+    "changelog_topics",
     "discover_input_topics",
+    "ensure_changelog_topics",
     "ensure_stitch_topic",
     "ensure_topics",
     "stitch_topic_name",
@@ -76,6 +78,26 @@ async def ensure_stitch_topic(settings: Settings) -> None:
         )
 
 
+def changelog_topics(settings: Settings) -> dict[str, int]:
+    """The state tables' changelog topics and their partition counts."""
+    return {
+        f"{settings.app_id}-{DEDUP_TABLE}-changelog": settings.topic_partitions,
+        f"{settings.app_id}-{IDENTITY_TABLE}-changelog": 1,
+    }
+
+
+async def ensure_changelog_topics(settings: Settings) -> None:
+    """Create the tables' changelog topics (compacted) before the worker starts.
+
+    Faust declares them itself, but a topic it creates at start can be missing from
+    the consumer's metadata when the first batch writes to its table; Faust then finds
+    a changelog "with 0 partitions" and the write fails. Created beforehand, they are
+    in the metadata from the first join on.
+    """
+    for name, partitions in changelog_topics(settings).items():
+        await ensure_topics(settings, [name], partitions, {"cleanup.policy": "compact"})
+
+
 @dataclass(frozen=True)
 class InputTopics:
     """Input topics found on the cluster: those the worker reads, and those it must not.
@@ -118,10 +140,13 @@ async def discover_input_topics(settings: Settings) -> InputTopics:
 
 
 async def ensure_topics(
-    settings: Settings, names: Iterable[str], partitions: int | None = None
+    settings: Settings,
+    names: Iterable[str],
+    partitions: int | None = None,
+    config: dict[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet (with ``partitions``, by default the
-    configured ``topic_partitions``); return those created."""
+    configured ``topic_partitions``, and topic ``config``); return those created."""
     count = partitions or settings.topic_partitions
     admin = _admin(settings)
     await admin.start()
@@ -129,7 +154,10 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            new = [NewTopic(n, count, settings.topic_replication) for n in missing]
+            new = [
+                NewTopic(n, count, settings.topic_replication, topic_configs=config or {})
+                for n in missing
+            ]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was quicker
                 await admin.create_topics(new)
             logger.info("created topics %s", ", ".join(missing))

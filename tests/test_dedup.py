@@ -394,3 +394,24 @@ def test_with_any_bounds_a_restart_from_the_chunks_answers_like_the_live_window(
             *history,
         ]
         assert answers(rebuilt, probes) == answers(live, probes)
+
+
+def test_an_origin_is_kept_with_the_first_occurrence_and_survives_a_restart() -> None:
+    w = window()
+    w.load(0, [])
+    assert not w.seen("e1", "stitch", 0, 10, origin=111)
+    assert w.seen("e1", "stitch", 0, 11, origin=222)  # a repeat keeps the first origin
+    assert w.origin_of("e1") == 111
+    sealed = w.seal("stitch", 0, 1000)
+    assert sealed.write is not None
+    again = restarted({sealed.write.key: sealed.write}, w)
+    assert again.origin_of("e1") == 111
+    assert again.seen("e1", "stitch", 0, 12, origin=333)
+
+
+def test_chunks_written_without_origins_still_load() -> None:
+    chunk = Chunk.from_value("0/stitch/5/6", {"topic": "stitch", "t": 1, "ids": [["e1", 5]]})
+    w = window()
+    w.load(0, [chunk])
+    assert w.origin_of("e1") is None
+    assert w.seen("e1", "stitch", 0, 9)

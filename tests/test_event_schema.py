@@ -10,6 +10,7 @@ serves as the reference.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,7 +20,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from schemas.event import (
+    EARLIEST,
+    EARLIEST_MS,
+    EPOCH_MS_MINIMUM,
     IDENTIFIER_KINDS,
+    LATEST,
+    LATEST_MS,
     MAX_IDENTIFIERS,
     Commerce,
     Interaction,
@@ -235,9 +241,10 @@ def event(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in document.items() if v is not ...}
 
 
-# Cases JSON Schema can express. (Score ranges per metric and the configured string
-# limit are checked by the processor only; unknown identifier kinds are refused by the
-# schema but tolerated by the processor, which drops them.)
+# Cases JSON Schema can express. (Score ranges per metric, the configured string limit,
+# the nesting depth, integers beyond 64 bits in properties and the calendar range of
+# RFC 3339 text are checked by the processor only; unknown identifier kinds are refused
+# by the schema but tolerated by the processor, which drops them.)
 AGREE: list[tuple[str, dict[str, Any], bool]] = [
     ("minimal", event(), True),
     ("epoch milliseconds", event(occurred_at=1_795_345_200_000), True),
@@ -282,6 +289,37 @@ AGREE: list[tuple[str, dict[str, Any], bool]] = [
     ("properties a list", event(properties=[1]), False),
     ("schema_version 2", event(schema_version=2), False),
     ("schema_version a word", event(schema_version="one"), False),
+    # types are exact: nothing is coerced, but an integer is a number
+    ("schema_version a numeric string", event(schema_version="1"), False),
+    ("schema_version true", event(schema_version=True), False),
+    ("schema_version 1.0", event(schema_version=1.0), False),
+    ("score a numeric string", event(survey={"metric": "nps", "score": "9"}), False),
+    ("score true", event(survey={"metric": "nps", "score": True}), False),
+    ("score an integer", event(survey={"metric": "nps", "score": 9}), True),
+    ("score a float", event(survey={"metric": "csat", "score": 4.5}), True),
+    ("scale_max a float", event(survey={"metric": "csat", "score": 4, "scale_max": 5.0}), False),
+    ("transferred yes", event(interaction={"transferred": "yes"}), False),
+    ("transferred 1", event(interaction={"transferred": 1}), False),
+    ("wait a numeric string", event(interaction={"wait_seconds": "60"}), False),
+    ("amount true", event(commerce={"amount": True}), False),
+    ("event_id a boolean", event(event_id=True), False),
+    # bounds of the numbers that are stored
+    ("wait of 30 days", event(interaction={"wait_seconds": 2592000}), True),
+    ("wait over 30 days", event(interaction={"wait_seconds": 2592000.5}), False),
+    ("wait of 1e30", event(interaction={"wait_seconds": 1e30}), False),
+    ("handle of 1e30", event(interaction={"handle_seconds": 1e30}), False),
+    ("amount of -10^12", event(commerce={"amount": -(10**12)}), True),
+    ("amount over 10^12", event(commerce={"amount": 1e12 + 1}), False),
+    ("amount of -1e30", event(commerce={"amount": -1e30}), False),
+    # integer timestamps: epoch milliseconds from 1973 to the end of 2299
+    ("epoch milliseconds at the minimum", event(occurred_at=EPOCH_MS_MINIMUM), True),
+    ("epoch seconds", event(occurred_at=1_795_345_200), False),
+    ("epoch zero", event(occurred_at=0), False),
+    ("negative epoch", event(occurred_at=-1), False),
+    ("epoch milliseconds at the end", event(occurred_at=LATEST_MS), True),
+    ("epoch milliseconds past the end", event(occurred_at=LATEST_MS + 1), False),
+    ("epoch microseconds", event(occurred_at=1_795_345_200_000_000), False),
+    ("sent_at in epoch seconds", event(sent_at=1_795_345_200), False),
 ]  # fmt: skip
 
 
@@ -308,3 +346,37 @@ def test_the_schema_and_the_processor_agree_on_identifier_kinds(kind: str) -> No
 def test_the_schema_and_the_model_agree_on_channels(channel: str) -> None:
     document = event(channel=channel)
     assert conforms(document) == model_reads(document)
+
+
+numbers = (
+    st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | st.text(alphabet="0123456789.e-", max_size=6)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(numbers, st.sampled_from(["wait_seconds", "handle_seconds", "amount"]))
+def test_the_schema_and_the_model_agree_on_stored_numbers(number: Any, field: str) -> None:
+    parent = "commerce" if field == "amount" else "interaction"
+    document = event(**{parent: {field: number}})
+    assert conforms(document) == model_reads(document)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(2**45), 2**45) | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+)
+def test_the_schema_and_the_model_agree_on_integer_timestamps(value: Any) -> None:
+    document = event(occurred_at=value)
+    assert conforms(document) == model_reads(document)
+
+
+def test_the_calendar_bounds_in_milliseconds_are_the_bounds_as_instants() -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert epoch + timedelta(milliseconds=EARLIEST_MS) == EARLIEST
+    assert epoch + timedelta(milliseconds=LATEST_MS) == LATEST
+    assert epoch + timedelta(milliseconds=EPOCH_MS_MINIMUM) == datetime(
+        1973, 3, 3, 9, 46, 40, tzinfo=UTC
+    )

@@ -8,6 +8,7 @@ from the :class:`Reason` vocabulary and the original bytes, key and headers.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,8 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import streams.identifiers as identifiers_module
+import streams.ingest as ingest_module
+from schemas.clickhouse import EVENT_COLUMNS
 from schemas.dead_letter import DeadLetter, Reason
+from schemas.event import EPOCH_MS_MINIMUM, LATEST_MS
 from schemas.ingested import IngestedEvent, SourceRecord
+from sinks.rows import event_row
 from streams.app import ingest_rules
 from streams.dedup import DuplicateWindow
 from streams.ingest import IngestRules, triage
@@ -52,8 +58,16 @@ def record(
     topic: str = "touchpoints.web",
     timestamp_ms: int | None = NOW_MS,
 ) -> SourceRecord:
-    raw = orjson.dumps(value) if isinstance(value, dict) else value
+    raw = encode(value) if isinstance(value, dict) else value
     return SourceRecord(topic, 2, 40, timestamp_ms, b"key", raw, HEADERS)
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """JSON of ``document``; the standard library writes the integers orjson will not."""
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 def ingest(
@@ -196,6 +210,14 @@ def test_scores_on_their_scale_are_accepted(score: dict[str, Any]) -> None:
 # --- dead letters: one reason per kind of broken message -------------------------------
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """An object ``levels`` deep (``{"n": {"n": ... {}}}`` counts ``levels``)."""
+    document: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        document = {"n": document}
+    return document
+
+
 def with_raw(document: dict[str, Any], old: bytes, new: bytes) -> bytes:
     """The JSON of ``document`` with one spelling replaced, for what orjson will not write."""
     raw = orjson.dumps(document)
@@ -272,6 +294,54 @@ BROKEN: list[tuple[str, bytes | dict[str, Any] | None, Reason]] = [
     ("all-zero uuid", touchpoint(identifiers={"device_id": "00000000-0000-0000-0000-000000000000"}), Reason.NO_USABLE_IDENTIFIER),
     ("schema version 2", touchpoint(schema_version=2), Reason.UNSUPPORTED_SCHEMA_VERSION),
     ("schema version 0", touchpoint(schema_version=0), Reason.UNSUPPORTED_SCHEMA_VERSION),
+    # JSON types must be the schema's exactly: nothing is coerced
+    ("score true", touchpoint(survey={"metric": "nps", "score": True}), Reason.INVALID_FIELD),
+    ("score a numeric string", touchpoint(survey={"metric": "nps", "score": "9"}), Reason.INVALID_FIELD),
+    ("scale_max a float", touchpoint(survey={"metric": "csat", "score": 4, "scale_max": 5.0}), Reason.INVALID_FIELD),
+    ("scale_max a numeric string", touchpoint(survey={"metric": "csat", "score": 4, "scale_max": "5"}), Reason.INVALID_FIELD),
+    ("transferred yes", touchpoint(interaction={"transferred": "yes"}), Reason.INVALID_FIELD),
+    ("transferred 1", touchpoint(interaction={"transferred": 1}), Reason.INVALID_FIELD),
+    ("resolved a string", touchpoint(interaction={"resolved": "true"}), Reason.INVALID_FIELD),
+    ("wait_seconds a numeric string", touchpoint(interaction={"wait_seconds": "60"}), Reason.INVALID_FIELD),
+    ("amount true", touchpoint(commerce={"amount": True}), Reason.INVALID_FIELD),
+    ("amount a numeric string", touchpoint(commerce={"amount": "9.99"}), Reason.INVALID_FIELD),
+    ("schema_version a numeric string", touchpoint(schema_version="1"), Reason.INVALID_FIELD),
+    ("schema_version true", touchpoint(schema_version=True), Reason.INVALID_FIELD),
+    ("schema_version 1.0", touchpoint(schema_version=1.0), Reason.INVALID_FIELD),
+    ("event_id a boolean", touchpoint(event_id=True), Reason.INVALID_FIELD),
+    ("source a number", touchpoint(source=7), Reason.INVALID_FIELD),
+    # numbers we store have bounds
+    ("wait of 1e30 seconds", touchpoint(interaction={"wait_seconds": 1e30}), Reason.INVALID_FIELD),
+    ("wait over 30 days", touchpoint(interaction={"wait_seconds": 30 * 86400 + 1}), Reason.INVALID_FIELD),
+    ("handle of 1e30 seconds", touchpoint(interaction={"handle_seconds": 1e30}), Reason.INVALID_FIELD),
+    ("negative handle", touchpoint(interaction={"handle_seconds": -0.5}), Reason.INVALID_FIELD),
+    ("amount of 1e30", touchpoint(commerce={"amount": 1e30}), Reason.INVALID_FIELD),
+    ("amount of -1e30", touchpoint(commerce={"amount": -1e30}), Reason.INVALID_FIELD),
+    ("amount over 10^12", touchpoint(commerce={"amount": 10**12 + 1}), Reason.INVALID_FIELD),
+    ("score beyond 64 bits", touchpoint(survey={"metric": "nps", "score": 10**30}), Reason.SCORE_OUT_OF_RANGE),
+    # an integer no row can hold, anywhere in properties
+    ("integer beyond 64 bits", touchpoint(properties={"n": 123456789012345678901234567890}), Reason.INVALID_FIELD),
+    ("integer beyond 64 bits nested", touchpoint(properties={"a": {"b": {"n": 2**64}}}), Reason.INVALID_FIELD),
+    ("integer beyond 64 bits in a list", touchpoint(properties={"a": [1, 2, -(2**63) - 1]}), Reason.INVALID_FIELD),
+    ("integer beyond double range", with_raw(touchpoint(properties={"n": 1}), b'"n":1', b'"n":' + b"9" * 400), Reason.NOT_JSON),
+    # times: epoch seconds sent as milliseconds, and what ClickHouse DateTime64 cannot hold
+    ("occurred_at in epoch seconds", touchpoint(occurred_at=1_795_345_200), Reason.INVALID_TIMESTAMP),
+    ("occurred_at zero", touchpoint(occurred_at=0), Reason.INVALID_TIMESTAMP),
+    ("occurred_at negative", touchpoint(occurred_at=-1), Reason.INVALID_TIMESTAMP),
+    ("occurred_at in microseconds", touchpoint(occurred_at=1_795_345_200_000_000), Reason.INVALID_TIMESTAMP),
+    ("sent_at in epoch seconds", touchpoint(sent_at=1_795_348_800), Reason.INVALID_TIMESTAMP),
+    ("occurred_at in 2300", touchpoint(occurred_at="2300-01-01T00:00:00Z"), Reason.INVALID_TIMESTAMP),
+    ("occurred_at in 1899", touchpoint(occurred_at="1899-12-31T23:59:59.999Z"), Reason.INVALID_TIMESTAMP),
+    ("occurred_at in year 1", touchpoint(occurred_at="0001-01-01T00:00:00Z"), Reason.INVALID_TIMESTAMP),
+    ("occurred_at in 9999", touchpoint(occurred_at="9999-12-31T23:59:59+14:00"), Reason.INVALID_TIMESTAMP),
+    ("sent_at in 2300", touchpoint(sent_at="2300-06-01T00:00:00Z"), Reason.INVALID_TIMESTAMP),
+    ("skew correction beyond 2299", touchpoint(occurred_at="2290-01-01T00:00:00Z", sent_at="1901-01-01T00:00:00Z"), Reason.INVALID_TIMESTAMP),
+    # hostile JSON
+    ("nested 33 deep", touchpoint(properties=nested(32)), Reason.TOO_DEEP),
+    ("lists nested 33 deep", touchpoint(properties={"l": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}), Reason.TOO_DEEP),
+    ("nested 2000 deep", with_raw(touchpoint(properties={"n": 1}), b'"n":1', b'"n":' + b"[" * 2000 + b"]" * 2000), Reason.TOO_DEEP),
+    ("schema registry framing", b"\x00\x00\x00\x00\x07" + orjson.dumps(touchpoint()), Reason.SCHEMA_REGISTRY_FRAMING),
+    ("schema registry framing of avro", b"\x00\x00\x00\x01\x00\x02\x06abc", Reason.SCHEMA_REGISTRY_FRAMING),
 ]  # fmt: skip
 
 
@@ -292,6 +362,239 @@ def test_every_reason_ingest_can_give_is_covered_by_a_broken_message() -> None:
         Reason.PROCESSING_ERROR,  # a defect, not a kind of message
     }
     assert {reason for _, _, reason in BROKEN} == set(Reason) - elsewhere
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("survey", {"metric": "nps", "score": True}, "survey.score"),
+        ("survey", {"metric": "nps", "score": "9"}, "survey.score"),
+        ("interaction", {"transferred": "yes"}, "interaction.transferred"),
+        ("interaction", {"wait_seconds": "60"}, "interaction.wait_seconds"),
+        ("interaction", {"wait_seconds": 1e30}, "interaction.wait_seconds"),
+        ("commerce", {"amount": True}, "commerce.amount"),
+        ("schema_version", "1", "schema_version"),
+    ],
+)
+def test_a_wrong_json_type_or_an_unbounded_number_is_refused_naming_its_field(
+    field: str, value: Any, path: str
+) -> None:
+    letter = rejected(touchpoint(**{field: value}))
+    assert letter.reason is Reason.INVALID_FIELD
+    assert letter.detail.startswith(f"{path}: "), letter.detail
+    assert letter.event_id == "e-1"
+
+
+def test_an_integer_stands_for_a_number_as_json_schema_says() -> None:
+    event = accepted(
+        touchpoint(
+            survey={"metric": "csat", "score": 4},
+            interaction={"wait_seconds": 60, "handle_seconds": 0},
+            commerce={"amount": -25},
+        )
+    )
+    assert event.event.survey is not None and event.event.survey.score == 4.0
+    assert event.event.interaction is not None and event.event.interaction.wait_seconds == 60.0
+    assert event.event.commerce is not None and event.event.commerce.amount == -25.0
+
+
+def test_the_bounds_of_stored_numbers_are_inside() -> None:
+    event = accepted(
+        touchpoint(
+            interaction={"wait_seconds": 30 * 86400, "handle_seconds": 30 * 86400},
+            commerce={"amount": -(10**12)},
+        )
+    )
+    assert event.event.commerce is not None and event.event.commerce.amount == -1e12
+    assert accepted(touchpoint(commerce={"amount": 10**12}))
+
+
+@pytest.mark.parametrize(
+    ("properties", "path"),
+    [
+        ({"n": 123456789012345678901234567890}, "properties.n"),
+        ({"a": {"b": [0, {"c": 2**64}]}}, "properties.a.b[1].c"),
+        ({"a": [1, -(2**63) - 1]}, "properties.a[1]"),
+    ],
+)
+def test_an_integer_beyond_64_bits_is_one_dead_letter_naming_its_path(
+    properties: dict[str, Any], path: str
+) -> None:
+    letter = rejected(touchpoint(properties=properties))
+    assert letter.reason is Reason.INVALID_FIELD
+    assert letter.detail.startswith(f"{path}: integer"), letter.detail
+    assert letter.event_id == "e-1"
+
+
+def test_the_64_bit_integers_are_kept_exactly() -> None:
+    extremes = {"min": -(2**63), "max": 2**64 - 1, "big": 2**53 + 1}
+    event = accepted(touchpoint(properties=extremes))
+    assert orjson.loads(orjson.loads(event.row)[PROPERTIES]) == extremes
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (1_795_345_200, "epoch seconds"),
+        (0, "epoch seconds"),
+        (1_795_345_200_000_000, "microseconds"),
+    ],
+)
+def test_an_integer_timestamp_in_the_wrong_unit_says_which_unit_it_looks_like(
+    value: int, hint: str
+) -> None:
+    letter = rejected(touchpoint(occurred_at=value))
+    assert letter.reason is Reason.INVALID_TIMESTAMP
+    assert letter.detail.startswith("occurred_at: "), letter.detail
+    assert hint in letter.detail
+
+
+def test_epoch_milliseconds_from_1973_and_text_from_1900_to_2299_are_accepted() -> None:
+    assert accepted(touchpoint(occurred_at=100_000_000_000)).occurred_at == datetime(
+        1973, 3, 3, 9, 46, 40, tzinfo=UTC
+    )
+    assert rejected(touchpoint(occurred_at=99_999_999_999)).reason is Reason.INVALID_TIMESTAMP
+    last = datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    assert accepted(touchpoint(occurred_at=int(last.timestamp() * 1000))).occurred_at == last
+    assert accepted(touchpoint(occurred_at="2299-12-31T23:59:59.999Z")).occurred_at == last
+    assert accepted(touchpoint(occurred_at="1900-01-01T00:00:00Z")).flags == ("event_too_old",)
+    assert accepted(touchpoint(occurred_at="1950-06-01T12:00:00+02:00")).flags == ("event_too_old",)
+
+
+def test_a_record_timestamp_no_calendar_holds_is_no_reference_clock_and_no_defect() -> None:
+    for timestamp_ms in (2**62, -(2**62), 10**16):
+        event = accepted(touchpoint(sent_at=NOW_MS), timestamp_ms=timestamp_ms)
+        assert (event.clock_skew_ms, event.occurred_at) == (0, ELEVEN_UTC)
+        letter = rejected(b"{broken", timestamp_ms=timestamp_ms)
+        assert (letter.reason, letter.source_timestamp) == (Reason.NOT_JSON, None)
+
+
+def test_nesting_to_the_limit_is_accepted_and_one_level_more_is_too_deep() -> None:
+    assert accepted(touchpoint(properties=nested(31)))  # the event is the first level
+    letter = rejected(touchpoint(properties=nested(32)))
+    assert letter.reason is Reason.TOO_DEEP
+    assert letter.detail.startswith("properties.n.n"), letter.detail
+    assert letter.event_id == "e-1"
+
+
+def test_deep_nesting_is_refused_without_a_recursion_error_at_any_depth() -> None:
+    for depth in (33, 150, 500, 990, 5000, 20000):
+        raw = b'{"event_id": "e-1", "properties": ' + b"[" * depth + b"]" * depth + b"}"
+        letter = rejected(raw)
+        assert letter.reason is Reason.TOO_DEEP, (depth, letter.detail)
+
+
+def test_a_schema_registry_framed_message_is_refused_with_its_schema_id() -> None:
+    raw = b"\x00" + (1027).to_bytes(4, "big") + orjson.dumps(touchpoint())
+    letter = rejected(raw)
+    assert letter.reason is Reason.SCHEMA_REGISTRY_FRAMING
+    assert "schema id 1027" in letter.detail
+    assert letter.raw == raw  # kept whole: stripping the 5 bytes replays it
+
+
+def test_a_zero_byte_too_short_to_be_framing_is_not_utf8_json() -> None:
+    assert rejected(b"\x00\x00").reason is Reason.NOT_JSON
+
+
+def test_with_duplicate_keys_the_last_value_wins_everywhere_and_the_row_says_so() -> None:
+    raw = (
+        b'{"event_id": "first", "event_id": "e-1", "occurred_at": "2026-11-22T11:00:00Z",'
+        b' "type": "page_view", "identifiers": {"email": "x@example.com",'
+        b' "email": "ann@example.com"}, "survey": {"metric": "nps", "score": 1, "score": 9},'
+        b' "properties": {"a": 1, "a": {"b": 2, "b": 3}}}'
+    )
+    event = accepted(raw)
+    assert (event.event.event_id, event.identifiers) == ("e-1", {"email": "ann@example.com"})
+    row = orjson.loads(event.row)
+    assert (row[0], row[SCORE], orjson.loads(row[PROPERTIES])) == ("e-1", 9.0, {"a": {"b": 3}})
+
+
+def test_a_long_string_hidden_behind_a_duplicate_key_is_judged_on_the_value_kept() -> None:
+    long_first = with_raw(touchpoint(properties={"a": "x" * 5000, "b": 1}), b'"b":1', b'"a":"ok"')
+    assert orjson.loads(orjson.loads(accepted(long_first).row)[PROPERTIES]) == {"a": "ok"}
+    long_last = with_raw(
+        touchpoint(properties={"a": "ok", "b": 1}), b'"b":1', b'"a":"' + b"x" * 5000 + b'"'
+    )
+    assert rejected(long_last).reason is Reason.STRING_TOO_LONG
+
+
+# --- the accepted row ------------------------------------------------------------------------
+
+PROPERTIES = EVENT_COLUMNS.index("properties")
+SCORE = EVENT_COLUMNS.index("survey_score")
+
+
+def test_an_accepted_event_carries_its_events_store_row_already_serialised() -> None:
+    event = accepted(
+        touchpoint(properties={"path": "/pricing"}, survey={"metric": "nps", "score": 9})
+    )
+    assert event.row == orjson.dumps(event_row(event))
+    row = orjson.loads(event.row)
+    assert len(row) == len(EVENT_COLUMNS)
+    assert dict(zip(EVENT_COLUMNS, row, strict=True))["event_id"] == "e-1"
+    assert orjson.loads(row[PROPERTIES]) == {"path": "/pricing"}
+
+
+def test_one_bad_message_costs_exactly_one_dead_letter_never_its_neighbours() -> None:
+    values = [
+        touchpoint(event_id="before"),
+        touchpoint(event_id="big", properties={"n": 123456789012345678901234567890}),
+        touchpoint(event_id="after"),
+    ]
+    records = [SourceRecord("touchpoints.web", 0, i, NOW_MS, None, encode(v)) for i, v in enumerate(values)]  # fmt: skip
+    result = triage(records, RULES, DuplicateWindow(10**12, 10**9), NOW)
+    assert [e.event.event_id for e in result.accepted] == ["before", "after"]
+    assert [(d.event_id, d.reason) for d in result.dead_letters] == [("big", Reason.INVALID_FIELD)]
+    assert [orjson.loads(e.row)[0] for e in result.accepted] == ["before", "after"]
+
+
+class _Failing:
+    """A stand-in for a third-party library that fails on one message only."""
+
+    def __init__(self, real: Any, name: str, marker: str) -> None:
+        self._real, self._name, self._marker = real, name, marker
+
+    def __getattr__(self, attribute: str) -> Any:
+        original = getattr(self._real, attribute)
+        if attribute != self._name:
+            return original
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            if self._marker in repr(args):
+                raise RuntimeError("the library failed")
+            return original(*args, **kwargs)
+
+        return failing
+
+
+ODD_PHONE = "+44 20 7946 0999"  # a number no other test normalises (the parser is cached)
+
+
+@pytest.mark.parametrize(
+    ("module", "library", "function", "marker"),
+    [
+        (ingest_module, "orjson", "loads", ODD_PHONE),  # parsing
+        (identifiers_module, "phonenumbers", "parse", ODD_PHONE),  # normalisation
+        (ingest_module, "orjson", "dumps", "+442079460999"),  # serialising the row
+    ],
+    ids=["parse", "normalise", "serialise"],
+)
+def test_a_library_failing_on_one_message_costs_that_message_only(
+    monkeypatch: pytest.MonkeyPatch, module: Any, library: str, function: str, marker: str
+) -> None:
+    monkeypatch.setattr(module, library, _Failing(getattr(module, library), function, marker))
+    values = [
+        touchpoint(event_id="before"),
+        touchpoint(event_id="odd", identifiers={"email": "o@example.com", "phone": ODD_PHONE}),
+        touchpoint(event_id="after"),
+    ]
+    records = [SourceRecord("touchpoints.web", 0, i, NOW_MS, None, orjson.dumps(v)) for i, v in enumerate(values)]  # fmt: skip
+    result = triage(records, RULES, DuplicateWindow(10**12, 10**9), NOW)
+    assert [e.event.event_id for e in result.accepted] == ["before", "after"]
+    (letter,) = result.dead_letters
+    assert letter.reason is Reason.PROCESSING_ERROR
+    assert letter.detail == "RuntimeError: the library failed"
+    assert letter.raw == records[1].value
 
 
 def test_a_string_on_the_configured_limit_passes_and_one_char_more_does_not() -> None:
@@ -409,7 +712,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @settings(max_examples=150, deadline=None)
 @given(
-    epoch_ms=st.integers(0, 4_102_444_800_000),  # 1970 to 2100
+    epoch_ms=st.integers(EPOCH_MS_MINIMUM, LATEST_MS),  # 1973 to the end of 2299
     offset_minutes=st.integers(-14 * 60, 14 * 60),
 )
 def test_any_instant_reads_the_same_in_any_offset_and_in_epoch_milliseconds(
@@ -420,6 +723,16 @@ def test_any_instant_reads_the_same_in_any_offset_and_in_epoch_milliseconds(
     as_text = accepted(touchpoint(occurred_at=local.isoformat())).occurred_at
     as_epoch = accepted(touchpoint(occurred_at=epoch_ms)).occurred_at
     assert as_text == as_epoch == instant
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(EPOCH_MS_MINIMUM, LATEST_MS), st.integers(EPOCH_MS_MINIMUM, LATEST_MS))
+def test_epoch_milliseconds_reach_the_row_exactly(occurred_ms: int, sent_ms: int) -> None:
+    # no float on the way: milliseconds / 1000 and back are off by one ms now and then
+    event = accepted(touchpoint(occurred_at=occurred_ms, sent_at=sent_ms), timestamp_ms=None)
+    row = dict(zip(EVENT_COLUMNS, orjson.loads(event.row), strict=True))
+    assert (row["occurred_at"], row["client_occurred_at"], row["sent_at"]) == (occurred_ms, occurred_ms, sent_ms)  # fmt: skip
+    assert row["received_at"] == NOW_MS
 
 
 def test_a_device_clock_ahead_by_90_seconds_is_corrected_and_flagged() -> None:

@@ -189,3 +189,18 @@ def test_contacts_get_effort_rows_and_a_late_earlier_one_rewrites_its_successor(
     all_effort = late.on_time[(T0 - T0 % MINUTE, "all", "all", "effort")]
     assert all_effort.responses == 1
     assert all_effort.score_milli == (60 + 15) * 1000
+
+
+def test_a_repeat_from_another_message_is_a_duplicate_and_the_same_one_again_is_not() -> None:
+    """Every message consumed has one outcome row; a repeat of an event_id at the stitch
+    agent is a duplicate only when it came from another input message (another worker's
+    partition), not when ingest forwarded the same message again after a replay."""
+    stream = Stream()
+    stream.batch([(1, [row("a", T0, partition=0)])])
+    again = stream.batch([(2, [row("a", T0, partition=0)])])
+    assert again.duplicates == 1
+    assert again.rows["duplicates_store"] == []
+    other = stream.batch([(3, [row("a", T0, partition=2)])])
+    (duplicate,) = other.rows["duplicates_store"]
+    assert duplicate[:5] == ("touchpoints.web", 2, 0, "a", "stitch")
+    assert other.rows["events_store"] == []

@@ -368,12 +368,15 @@ class EmbeddedClickHouse(ChildProcess):
         self.path = Path(path or tempfile.mkdtemp(prefix="touchpoint-clickhouse-"))
         self.start_timeout = start_timeout
         self.url = ""
+        self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self.path / "server.log"
 
     def start(self) -> None:
+        """Start the server; started again after :meth:`kill` or :meth:`restart`, it keeps
+        its port and opens the data it had."""
         self.path.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = self.port = self.port or free_port()
         with self._log_path.open("ab") as log:  # the child keeps its own descriptor
             self._proc = subprocess.Popen(
                 [
@@ -404,6 +407,15 @@ class EmbeddedClickHouse(ChildProcess):
         tail = self._log_path.read_text(errors="replace")[-3000:] if self._log_path.exists() else ""
         self.stop()
         raise EmbeddedClickHouseError(f"embedded ClickHouse did not start:\n{tail}")
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL when ``hard``) and start it again on the
+        same data and port."""
+        if hard:
+            self.kill()
+        else:
+            super().stop()
+        self.start()
 
     def stop(self) -> None:
         super().stop()

@@ -168,6 +168,8 @@ class ApacheKafka(_Broker):
 
     ``data_dir`` holds the log segments and the broker log (``broker.log``); a
     temporary directory is used when it is None and removed on :meth:`stop`.
+    Started again after :meth:`kill` or :meth:`restart`, it keeps its port and serves
+    the log it had (the storage is formatted only once).
     """
 
     def __init__(
@@ -190,6 +192,7 @@ class ApacheKafka(_Broker):
         self.cache = cache
         self.start_timeout = start_timeout
         self.port = 0
+        self._controller_port = 0
         self.bootstrap = ""
         self._log_path = self.data_dir / "broker.log"
 
@@ -197,7 +200,9 @@ class ApacheKafka(_Broker):
         if shutil.which("java") is None:
             raise BrokerError("Apache Kafka needs Java 17 or newer on the PATH")
         jars = fetch_kafka_jars(self.version, self.cache)
-        self.port, controller = free_port(), free_port()
+        if not self.port:  # a restart keeps its ports: clients hold the bootstrap address
+            self.port, self._controller_port = free_port(), free_port()
+        controller = self._controller_port
         self.bootstrap = f"127.0.0.1:{self.port}"
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -250,21 +255,26 @@ class ApacheKafka(_Broker):
             f"{jars}/*",
         ]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = subprocess.run(
-            # --cluster-id=...: a random id may start with "-", which would read as an option
-            [
-                *java,
-                "kafka.tools.StorageTool",
-                "format",
-                f"--cluster-id={cluster_id}",
-                "-c",
-                str(properties),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+        formatted = (logs / "meta.properties").is_file()
+        fmt = (
+            None
+            if formatted
+            else subprocess.run(
+                # --cluster-id=...: a random id may start with "-", which would read as an option
+                [
+                    *java,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    "-c",
+                    str(properties),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         )
-        if fmt.returncode != 0:
+        if fmt is not None and fmt.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
         with self._log_path.open("ab") as log:  # the child keeps its own descriptor
             self._proc = subprocess.Popen(
@@ -280,6 +290,15 @@ class ApacheKafka(_Broker):
             tail = self.log_tail()
             self.stop()
             raise BrokerError(f"{exc}\n--- broker log ---\n{tail}") from None
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Stop the broker (SIGTERM, or SIGKILL when ``hard``) and start it again on the
+        same log and port."""
+        if hard:
+            self.kill()
+        else:
+            super().stop()
+        self.start()
 
     def stop(self) -> None:
         super().stop()

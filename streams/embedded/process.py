@@ -54,6 +54,14 @@ class ChildProcess:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut would stop it; its files stay as they are,
+        so :meth:`start` runs it again on the same data (and the same port)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def stop(self) -> None:
         """SIGTERM, wait up to 20 s, then SIGKILL. Safe to call twice."""
         proc, self._proc = self._proc, None
