@@ -2,7 +2,10 @@
 report.
 
 Every command reads the same settings (``TOUCHPOINT_*`` environment variables or the
-TOML file given by ``--config`` / ``TOUCHPOINT_CONFIG``) and has ``--help``.
+TOML file given by ``--config`` / ``TOUCHPOINT_CONFIG``, before or after the command)
+and has ``--help`` showing its defaults. A mistake in the settings or an unreachable
+service ends a command with one line on stderr saying what to do, and a non-zero exit;
+never a traceback.
 """
 
 from __future__ import annotations
@@ -18,30 +21,78 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from streams.settings import Settings, load_settings
+from streams.settings import ConfigurationError, Settings, describe_error, load_settings
 
 if TYPE_CHECKING:
     from sinks.report_queries import ReportQuery
 
-__all__ = ["main", "write_report_file"]
+__all__ = ["SETTINGS_HELP", "build_parser", "config_option", "main", "write_report_file"]
 
 logger = logging.getLogger("touchpoint")
 
 
+#: Where every setting is described; the help of the commands that read settings says so.
+SETTINGS_HELP = (
+    "Settings come from TOUCHPOINT_* environment variables or a TOML file (--config FILE, "
+    "or TOUCHPOINT_CONFIG). `touchpoint config` prints the values in effect; the settings "
+    "reference (docs/settings.md, or `touchpoint config --reference`) describes each one."
+)
+
+
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    """The settings, or exit with one line saying what is wrong with them."""
     try:
-        return load_settings(args.config, **{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(map(str, e['loc'])) or '(settings)'}: {e['msg']}" for e in exc.errors()
-        ]
-        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
-    except FileNotFoundError as exc:
-        raise SystemExit(str(exc)) from None
+        return load_settings(
+            getattr(args, "config", None), **{k: v for k, v in overrides.items() if v is not None}
+        )
+    except (ValidationError, ConfigurationError, FileNotFoundError) as exc:
+        raise SystemExit(f"touchpoint: {describe_error(exc)}") from None
+
+
+async def _wait_for_kafka(settings: Settings, timeout_s: float) -> None:
+    """Return once the brokers answer; exit with what to check after ``timeout_s``.
+
+    aiokafka logs each failed connection attempt at ERROR; those lines are held back
+    here, so the operator reads one message, not a log per retry.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    deadline = monotonic() + timeout_s
+    noisy = logging.getLogger("aiokafka")
+    level = noisy.level
+    noisy.setLevel(logging.CRITICAL)
+    last = ""
+    try:
+        while True:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=settings.kafka_bootstrap,
+                request_timeout_ms=int(max(1.0, min(10.0, timeout_s)) * 1000),
+                **settings.kafka_client_options(),
+            )
+            try:
+                await asyncio.wait_for(admin.start(), max(0.5, deadline - monotonic()))
+                return
+            except KafkaConnectionError:
+                last = "no broker answered"
+            except (KafkaError, OSError, TimeoutError) as exc:
+                last = str(exc) or type(exc).__name__
+            finally:
+                await admin.close()
+            if monotonic() >= deadline:
+                raise SystemExit(
+                    f"touchpoint: cannot reach Kafka at {settings.kafka_bootstrap} within "
+                    f"{timeout_s:g} s ({last.strip()}); check TOUCHPOINT_KAFKA_BOOTSTRAP and "
+                    "that the brokers are running"
+                )
+            await asyncio.sleep(min(1.0, max(0.0, deadline - monotonic())))
+    finally:
+        noisy.setLevel(level)
 
 
 def _configure_logging(level: str) -> None:
@@ -455,7 +506,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Print the effective settings, secrets masked."""
+    """Print the effective settings, secrets masked (or, with ``--reference``, the
+    settings reference)."""
+    if args.reference:
+        from streams.settings_reference import settings_reference
+
+        sys.stdout.write(settings_reference())
+        return 0
     print(json.dumps(_settings(args).redacted(), indent=2, default=str))
     return 0
 
@@ -463,18 +520,99 @@ def cmd_config(args: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless the help already states it, or there
+    is nothing to state (no default, or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "(default" in text
+            or "%(default)" in text
+            or not action.option_strings
+            or _no_default(action.default)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _no_default(value: object) -> bool:
+    # by identity: 0 and 0.0 equal False, and a default of 0 is worth showing
+    return value is None or value is False or value is argparse.SUPPRESS
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("touchpoint-streams")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+#: Commands whose help points to ``touchpoint config`` and the settings reference.
+_READS_SETTINGS = frozenset(
+    {
+        "worker",
+        "migrate",
+        "config",
+        "generate",
+        "erase",
+        "effort-check",
+        "verify",
+        "report",
+        "status",
+        "dlq",
+    }
+)
+
+
+def _show_every_default(parser: argparse.ArgumentParser) -> None:
+    """Give options without help a help line, so their default shows too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_every_default(sub)
+        elif action.option_strings and action.help is None and not _no_default(action.default):
+            action.help = "default: %(default)s"
+
+
+def config_option() -> argparse.ArgumentParser:
+    """A parent parser with ``--config``, for the commands that read settings: the option
+    is accepted after the command too (``touchpoint worker --config FILE``). Its default
+    is SUPPRESS, so a ``--config`` given before the command stays when none follows."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML settings file (or TOUCHPOINT_CONFIG); also accepted before the command",
+    )
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="touchpoint",
         description="Customer-experience touchpoints from Kafka into one customer picture.",
+        epilog=SETTINGS_HELP,
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"touchpoint {_version()}")
     parser.add_argument(
         "--config", type=Path, default=None, help="TOML settings file (or TOUCHPOINT_CONFIG)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: object, help_: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_, description=help_)
+        sub = commands.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=SETTINGS_HELP if name in _READS_SETTINGS else None,
+            formatter_class=_HelpFormatter,
+            parents=[config_option()] if name in _READS_SETTINGS else [],
+        )
         sub.set_defaults(func=func)
         return sub
 
@@ -482,7 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", cmd_migrate, "create or upgrade the ClickHouse schema (idempotent)")
     schema = add("schema", cmd_schema, "print the JSON Schema of a v1 touchpoint event")
     schema.add_argument("--output", "-o", help="write to this file instead of stdout")
-    add("config", cmd_config, "print the effective settings, secrets masked")
+    config = add("config", cmd_config, "print the effective settings, secrets masked")
+    config.add_argument(
+        "--reference",
+        action="store_true",
+        help="print the settings reference (every setting, its variable, default and "
+        "meaning; docs/settings.md) instead",
+    )
     erase = add(
         "erase",
         cmd_erase,
@@ -541,10 +685,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     from streams import commands as extra
+    from streams import operator_commands
     from streams.tools import commands as tools
 
     extra.register(add)
     tools.register(add)
+    operator_commands.register(add)
+    _show_every_default(parser)
     return parser
 
 
@@ -559,6 +706,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (``touchpoint schema | head``): nothing to trace; point
+        # stdout at nothing so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -22,7 +22,14 @@ from typing import Any
 from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
 from streams.embedded.process import free_port
 
-__all__ = ["DEMO_ALERTS", "demo_config", "register"]
+__all__ = [
+    "DEMO_ALERTS",
+    "DEMO_DIR_MARKER",
+    "DemoDirRefused",
+    "demo_config",
+    "prepare_demo_dir",
+    "register",
+]
 
 CHANNELS = (
     "web", "mobile_app", "email", "sms", "push", "call_center", "chat", "social", "store",
@@ -73,6 +80,58 @@ def demo_config(
     )
 
 
+#: The file ``touchpoint demo`` writes into each working directory it creates; only a
+#: directory holding it is ever emptied by a later demo.
+DEMO_DIR_MARKER = ".touchpoint-demo"
+
+
+class DemoDirRefused(Exception):
+    """The demo's ``--dir`` is not one the demo may empty; the message says why and what
+    to do instead."""
+
+
+def prepare_demo_dir(path: Path, cwd: Path | None = None) -> Path:
+    """Make ``path`` an empty working directory of the demo, marked as its own; return it.
+
+    A command never deletes what it did not create: ``path`` is emptied only when it
+    holds the marker a previous demo wrote there; a missing or empty directory is
+    created or used and marked; anything else is refused. The current directory and
+    its ancestors are always refused, marker or not (emptying them would delete the
+    caller's own tree), and so is a symbolic link.
+
+    Raises:
+        DemoDirRefused: the directory is not the demo's to empty.
+    """
+    here = (cwd or Path.cwd()).resolve()
+    if path.is_symlink():
+        raise DemoDirRefused(
+            f"--dir {path} is a symbolic link; give the demo a directory of its own, "
+            "e.g. --dir var/demo"
+        )
+    target = path.resolve()
+    if target == here or target in here.parents:
+        raise DemoDirRefused(
+            f"--dir {path} is the current directory or one of its parents; the demo "
+            "empties its directory, so give it one of its own, e.g. --dir var/demo"
+        )
+    if target.exists() and not target.is_dir():
+        raise DemoDirRefused(f"--dir {path} is a file, not a directory; choose another path")
+    if target.is_dir() and any(target.iterdir()):
+        if not (target / DEMO_DIR_MARKER).is_file():
+            raise DemoDirRefused(
+                f"--dir {path} is not empty and was not created by touchpoint demo (no "
+                f"{DEMO_DIR_MARKER} file in it), so the demo will not delete its contents; "
+                "choose a new or empty directory, e.g. --dir var/demo"
+            )
+        shutil.rmtree(target)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / DEMO_DIR_MARKER).write_text(
+        "created by touchpoint demo; the next demo run with this --dir empties it\n",
+        encoding="utf-8",
+    )
+    return target
+
+
 def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
@@ -83,7 +142,7 @@ def _say(message: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Publish synthetic touchpoints to the configured Kafka."""
-    from streams.cli import _settings
+    from streams.cli import _settings, _wait_for_kafka
     from streams.generator import (
         GeneratorConfig,
         Incident,
@@ -111,6 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
 
     async def run() -> Any:
+        await _wait_for_kafka(settings, args.connect_timeout)
         await ensure_topics(settings, [f"touchpoints.{c}" for c in CHANNELS])
         return await publish(
             messages,
@@ -248,10 +308,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.embedded.kafka import ApacheKafka, Tansu, java_available
     from streams.generator import generate, publish
 
-    home = Path(args.dir)
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
+    try:
+        home = prepare_demo_dir(Path(args.dir))
+    except DemoDirRefused as exc:
+        raise SystemExit(f"touchpoint demo: {exc}") from None
     with ExitStack() as stack:
         use_kafka = args.broker == "kafka" or (args.broker == "auto" and java_available())
         _say("starting " + ("Apache Kafka" if use_kafka else "Tansu") + " ...")
@@ -741,6 +801,12 @@ def register(add: Callable[..., Any]) -> None:
     generate.add_argument(
         "--benchmark", action="store_true", help="simple ~300-byte events (as the benchmark)"
     )
+    generate.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the brokers to answer before giving up",
+    )
 
     demo = add("demo", cmd_demo, "everything on embedded infrastructure, one command")
     demo.add_argument("--events", type=int, default=20_000, help="touchpoints to publish")
@@ -760,7 +826,12 @@ def register(add: Callable[..., Any]) -> None:
         help="the channel of the scripted incident the alerts must notice "
         "(default mobile_app; none for no incident)",
     )
-    demo.add_argument("--dir", default="var/demo", help="working directory (recreated)")
+    demo.add_argument(
+        "--dir",
+        default="var/demo",
+        help="working directory: created, or emptied if an earlier demo created it; any "
+        "other non-empty directory is refused",
+    )
     demo.add_argument(
         "--keep-running", action="store_true", help="keep everything up for queries until Ctrl-C"
     )

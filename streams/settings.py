@@ -5,30 +5,74 @@ Every setting comes from an environment variable ``TOUCHPOINT_<NAME>`` (for exam
 ``--config`` (keys are the lower-case names without the prefix), or from the default
 below, in that order of precedence. Secrets are ``SecretStr``: they never appear in
 ``repr``, logs or ``touchpoint config``.
+
+Mistakes are refused, never guessed around: a ``TOUCHPOINT_*`` variable that names no
+setting (a typo would otherwise be ignored), malformed JSON in a JSON-valued variable,
+a malformed TOML file and invalid values each raise an error whose one-line message
+(:func:`describe_error`) names the setting and what to do.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 import ssl
+import tomllib
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as _SourceError
 
 from schemas.alert_rules import AlertRules
 from streams.effort import DEFAULT_ASSISTED_CHANNELS
 from streams.identity import DEFAULT_LIMITS, DEFAULT_PRIORITY, DEFAULT_UNIQUE_KINDS
 from streams.journey import DEFAULT_CASE_CLOSING_TYPES, DEFAULT_STAGES
 
-__all__ = ["DEFAULT_BLOCKED_PATTERNS", "DEFAULT_BLOCKED_VALUES", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_BLOCKED_PATTERNS",
+    "DEFAULT_BLOCKED_VALUES",
+    "ENV_PREFIX",
+    "OTHER_VARIABLES",
+    "ConfigurationError",
+    "Settings",
+    "describe_error",
+    "env_name",
+    "load_settings",
+    "unknown_variables",
+]
+
+#: Every setting's environment variable starts with this.
+ENV_PREFIX = "TOUCHPOINT_"
+#: Variables with the prefix that are read by name rather than as settings: the config
+#: file's path, the cache of downloaded jars (tests, demo, benchmark), the browser the
+#: report's tests drive and the seed of the fault suite's test.
+OTHER_VARIABLES: frozenset[str] = frozenset(
+    {
+        "TOUCHPOINT_CONFIG",
+        "TOUCHPOINT_CACHE_DIR",
+        "TOUCHPOINT_TEST_CHROMIUM",
+        "TOUCHPOINT_FAULT_SEED",
+    }
+)
+#: A family of variables: each webhook endpoint's secret, ``TOUCHPOINT_WEBHOOK_SECRET_<NAME>``.
+_WEBHOOK_SECRET_PREFIX = "TOUCHPOINT_WEBHOOK_SECRET_"  # noqa: S105  (a name, not a secret)
+
+
+class ConfigurationError(ValueError):
+    """The settings cannot be read as given; the message is one line naming the setting
+    (or file) and what to do."""
+
 
 #: Placeholder values that mean "no identifier"; compared after trimming, case-insensitively.
 DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
@@ -70,21 +114,33 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "localhost:9092", description="comma-separated host:port list of Kafka brokers"
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects: TLS, SASL, both or neither"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (with a SASL_* security protocol)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (secret: from the environment or a secret store)"
+    )
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers")
     kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
-    kafka_ssl_keyfile: Path | None = None
-    kafka_ssl_key_password: SecretStr | None = None
-    kafka_ssl_check_hostname: bool = True
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="private key of the client certificate"
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="password of that private key (secret)"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="check that the broker's certificate names the host connected to"
+    )
     topic_pattern: str = Field(
         r"^touchpoints\.[a-z0-9_]+$",
         description="input topics; output topics (dlq, alerts, identity merges) never match",
     )
-    dlq_topic: str = "touchpoints.dlq"
-    alerts_topic: str = "touchpoints.alerts"
+    dlq_topic: str = Field("touchpoints.dlq", description="dead letters (output)")
+    alerts_topic: str = Field("touchpoints.alerts", description="alerts fired (output)")
     merges_topic: str = Field(
         "touchpoints.identity_merges", description="identity merge decisions (output)"
     )
@@ -99,11 +155,20 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="replication of topics the worker creates")
 
     # --- ClickHouse --------------------------------------------------------------------
-    clickhouse_url: str = Field("http://localhost:8123", description="ClickHouse HTTP(S) URL")
-    clickhouse_database: str = "touchpoints"
-    clickhouse_user: str = "default"
-    clickhouse_password: SecretStr = SecretStr("")
-    clickhouse_verify_tls: bool = True
+    clickhouse_url: str = Field(
+        "http://localhost:8123",
+        description="ClickHouse HTTP interface with its scheme: http://host:8123, or https://",
+    )
+    clickhouse_database: str = Field(
+        "touchpoints", description="database of the tables and views (created if missing)"
+    )
+    clickhouse_user: str = Field("default", description="ClickHouse user")
+    clickhouse_password: SecretStr = Field(
+        SecretStr(""), description="ClickHouse password (secret)"
+    )
+    clickhouse_verify_tls: bool = Field(
+        True, description="verify the server's certificate with an https:// URL"
+    )
     clickhouse_cluster: str | None = Field(
         None,
         description=(
@@ -117,7 +182,7 @@ class Settings(BaseSettings):
     app_id: str = Field("touchpoint-streams", description="Kafka consumer group and state prefix")
     data_dir: Path = Field(Path("var/worker"), description="local state (RocksDB) directory")
     store: str = Field("rocksdb://", description="table store: rocksdb:// or memory://")
-    web_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", description="address the metrics and health pages bind")
     web_port: int = Field(6066, ge=0, le=65535, description="metrics and health endpoint")
     live_max_loop_lag_s: float = Field(
         10.0, gt=0, description="/live fails while the event loop's heartbeat is this late"
@@ -139,13 +204,17 @@ class Settings(BaseSettings):
         30.0, gt=0, description="how often to look for new input topics (new channels)"
     )
     max_poll_records: int = Field(2000, ge=1, description="records fetched per partition poll")
-    commit_interval_s: float = Field(2.0, gt=0)
+    commit_interval_s: float = Field(
+        2.0, gt=0, description="how often processed offsets are committed (seconds)"
+    )
     kafka_session_timeout_s: float = Field(
         30.0,
         ge=6,
         description="a worker that stops heart-beating this long loses its partitions",
     )
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new consumer group starts on a partition"
+    )
     startup_timeout_s: float = Field(
         300.0,
         ge=0,
@@ -177,13 +246,23 @@ class Settings(BaseSettings):
         description="how long a rebalance or a stop waits for batches in processing before "
         "it leaves them uncommitted (whoever holds the partition next reads them again)",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level of the worker"
+    )
 
     # --- Validation and normalisation --------------------------------------------------
     max_event_bytes: int = Field(65536, ge=1024, description="largest accepted value, bytes")
     max_string_chars: int = Field(4096, ge=16, description="longest string anywhere in an event")
-    blocked_values: tuple[str, ...] = DEFAULT_BLOCKED_VALUES
-    blocked_patterns: tuple[str, ...] = DEFAULT_BLOCKED_PATTERNS
+    blocked_values: tuple[str, ...] = Field(
+        DEFAULT_BLOCKED_VALUES,
+        description="identifier values that mean none (JSON list; compared trimmed, "
+        "case-insensitively)",
+    )
+    blocked_patterns: tuple[str, ...] = Field(
+        DEFAULT_BLOCKED_PATTERNS,
+        description="regular expressions for placeholder identifier values, matched against "
+        "the whole trimmed value (JSON list)",
+    )
     default_phone_region: str | None = Field(
         None,
         description=(
@@ -234,10 +313,17 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_STAGES),
         description="event type -> journey stage (JSON object)",
     )
-    journey_case_closing_types: frozenset[str] = DEFAULT_CASE_CLOSING_TYPES
+    journey_case_closing_types: frozenset[str] = Field(
+        DEFAULT_CASE_CLOSING_TYPES, description="event types that close a case (JSON list)"
+    )
     journey_max_recent: int = Field(20, ge=0, description="touchpoints kept per customer")
-    journey_max_open_cases: int = Field(20, ge=1)
-    journey_max_closed_cases: int = Field(50, ge=0)
+    journey_max_open_cases: int = Field(20, ge=1, description="open cases kept per customer")
+    journey_max_closed_cases: int = Field(
+        50,
+        ge=0,
+        description="closed cases a customer remembers, so a contact from before the close does "
+        "not reopen one",
+    )
     journey_max_answers: int = Field(20, ge=0, description="survey answers kept per customer")
     journey_idle_s: float = Field(
         90 * 86400.0,
@@ -328,6 +414,19 @@ class Settings(BaseSettings):
     def _plain_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", value):
             raise ValueError("use letters, digits, '_' and '-' only")
+        return value
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # without a scheme, clickhouse-connect reads "host:8123" as a bare path and
+        # connects to localhost: refuse rather than talk to the wrong server
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL; write it with its scheme, "
+                f"e.g. http://{value.split('://')[-1] or 'clickhouse:8123'} (https:// for TLS)"
+            )
         return value
 
     @field_validator("topic_pattern")
@@ -452,21 +551,119 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")
 
 
+def env_name(field: str) -> str:
+    """A setting's environment variable: ``topic_partitions`` -> ``TOUCHPOINT_TOPIC_PARTITIONS``."""
+    return ENV_PREFIX + field.upper()
+
+
+def _closest(name: str, candidates: Iterable[str]) -> str | None:
+    found = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_variables(environ: Mapping[str, str], allowed: Iterable[str] = ()) -> list[str]:
+    """The ``TOUCHPOINT_*`` variables of ``environ`` that name no setting, sorted.
+
+    Names are compared case-insensitively, as settings are read. Known besides the
+    settings: :data:`OTHER_VARIABLES`, ``TOUCHPOINT_WEBHOOK_SECRET_<NAME>`` and the
+    names in ``allowed`` (endpoints' own ``secret_env``).
+    """
+    known = {env_name(f) for f in Settings.model_fields} | OTHER_VARIABLES
+    known |= {a.upper() for a in allowed}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and not name.upper().startswith(_WEBHOOK_SECRET_PREFIX)
+    )
+
+
+def _unknown_variable_message(name: str) -> str:
+    # compared without the prefix every candidate shares, or it would make anything "close"
+    close = _closest(name[len(ENV_PREFIX) :].lower(), Settings.model_fields)
+    hint = f"did you mean {env_name(close)}?" if close else "docs/settings.md lists every setting"
+    return f"{name} is not a setting: {hint} (unset it or correct its name)"
+
+
+def _source_error_message(exc: _SourceError, environ: Mapping[str, str]) -> str:
+    """One line for a value pydantic-settings could not parse (JSON in a variable)."""
+    match = re.search(r'field "([a-z0-9_]+)"', str(exc))
+    cause = exc.__cause__
+    why = cause.args[0] if isinstance(cause, json.JSONDecodeError) else str(cause or exc)
+    if not match or match[1] not in Settings.model_fields:
+        return f"a setting in the environment cannot be read: {why}"
+    field = match[1]
+    variable = next((n for n in environ if n.upper() == env_name(field)), env_name(field))
+    default = Settings.model_fields[field].get_default(call_default_factory=True)
+    shape = 'a JSON list, e.g. ["a", "b"]'
+    if isinstance(default, dict) or hasattr(default, "model_dump"):
+        shape = 'a JSON object, e.g. {"key": 1}'
+    return f"{variable} is not valid JSON ({why}); give {shape}"
+
+
+def describe_error(exc: Exception) -> str:
+    """The one-line message for an error :func:`load_settings` raised."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    known = list(Settings.model_fields)
+    parts = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden" and len(loc) == 1:
+            close = _closest(loc[0], known)
+            hint = f"did you mean {close}?" if close else "docs/settings.md lists every setting"
+            parts.append(f"{loc[0]} is not a setting: {hint}")
+        elif loc and loc[0] in Settings.model_fields:
+            where = ".".join(loc) + f" ({env_name(loc[0])})"
+            parts.append(f"{where}: {message}")
+        else:
+            parts.append(message)
+    return "invalid configuration: " + "; ".join(parts)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once: overrides, then environment, then the TOML file, then defaults.
 
     ``config_file`` defaults to ``$TOUCHPOINT_CONFIG`` when that is set.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        ConfigurationError: a ``TOUCHPOINT_*`` variable names no setting, a JSON-valued
+            variable or the TOML file does not parse.
+        pydantic.ValidationError: a value is invalid (:func:`describe_error` renders it).
     """
     global _CONFIG_FILE
     import os  # the one place the process environment is read directly
 
+    environ = dict(os.environ)
     path = config_file or (
-        Path(os.environ["TOUCHPOINT_CONFIG"]) if os.environ.get("TOUCHPOINT_CONFIG") else None
+        Path(environ["TOUCHPOINT_CONFIG"]) if environ.get("TOUCHPOINT_CONFIG") else None
     )
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
+    # a typo is reported before anything it may have caused (a missing password, say)
+    unknown = unknown_variables(environ)
     _CONFIG_FILE = path
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"config file {path} is not valid TOML: {exc}; correct it there"
+        ) from None
+    except _SourceError as exc:
+        if unknown:
+            raise ConfigurationError(_unknown_variable_message(unknown[0])) from None
+        raise ConfigurationError(_source_error_message(exc, environ)) from None
+    except ValidationError:
+        if unknown:
+            raise ConfigurationError(_unknown_variable_message(unknown[0])) from None
+        raise
     finally:
         _CONFIG_FILE = None
+    custom = [e.secret_env for e in settings.alerts.endpoints if e.secret_env]
+    unknown = unknown_variables(environ, allowed=custom)
+    if unknown:
+        raise ConfigurationError(_unknown_variable_message(unknown[0]))
+    return settings
