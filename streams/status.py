@@ -37,6 +37,7 @@ __all__ = [
     "check_consumer_lag",
     "check_input_topics",
     "check_migrations",
+    "check_reconciliation",
     "check_sink_backlog",
     "check_workers",
     "healthy",
@@ -356,6 +357,35 @@ async def check_accounting(deployment: Deployment) -> Finding:
     return Finding("accounting", "ok", summary, details)
 
 
+async def check_reconciliation(deployment: Deployment) -> Finding:
+    """Offsets the consumer group committed that no batch read, as every worker checks
+    them against the ledger (``touchpoint_unaccounted_offsets``): a loss, must be 0."""
+    pages = [p for p in await deployment.worker_pages() if not p.error]
+    if not pages:
+        return Finding("reconciliation", "warn", _no_worker(deployment))
+    unread = {
+        f"{labels.get('topic')}[{labels.get('partition')}]": int(value)
+        for page in pages
+        for labels, value in page.samples("touchpoint_unaccounted_offsets")
+        if value
+    }
+    details = {"unaccounted_offsets": unread}
+    if unread:
+        listed = ", ".join(f"{tp} {n:,}" for tp, n in sorted(unread.items()))
+        return Finding(
+            "reconciliation",
+            "fail",
+            f"offsets committed without being read: {listed}; touchpoint verify lists them",
+            details,
+        )
+    return Finding(
+        "reconciliation",
+        "ok",
+        "every committed offset was read (the workers' ledger check)",
+        details,
+    )
+
+
 #: Every check, in the order shown. One more check: one more function here.
 CHECKS: list[Check] = [
     check_input_topics,
@@ -365,6 +395,7 @@ CHECKS: list[Check] = [
     check_sink_backlog,
     check_alert_queues,
     check_accounting,
+    check_reconciliation,
 ]
 
 

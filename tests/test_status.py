@@ -12,6 +12,7 @@ from streams.status import (
     Finding,
     check_accounting,
     check_alert_queues,
+    check_reconciliation,
     check_sink_backlog,
     healthy,
     render_text,
@@ -96,3 +97,29 @@ def test_warnings_are_not_failures_and_the_headline_names_what_failed() -> None:
 
 def test_every_check_is_named_check_something() -> None:
     assert all(check.__name__.startswith("check_") for check in CHECKS)
+
+
+async def test_offsets_committed_without_being_read_fail_the_reconciliation() -> None:
+    registry = CollectorRegistry()
+    unread = Gauge(
+        "touchpoint_unaccounted_offsets", "lost", ["topic", "partition"], registry=registry
+    )
+    unread.labels("touchpoints.web", "2").set(80)
+    unread.labels("touchpoints.web", "3").set(0)
+    text = generate_latest(registry).decode()
+
+    balanced = {"consumed": 0, "accepted": 0, "duplicates": 0, "dead_lettered": 0}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=text)
+        return httpx.Response(200, json={**balanced, "balanced": True})
+
+    deployment = await read_with(httpx.MockTransport(answer), Settings())
+    finding = await check_reconciliation(deployment)
+    assert finding.level == "fail"
+    assert "touchpoints.web[2] 80" in finding.summary and "touchpoint verify" in finding.summary
+    unread.labels("touchpoints.web", "2").set(0)
+    text = generate_latest(registry).decode()
+    deployment = await read_with(httpx.MockTransport(answer), Settings())
+    assert (await check_reconciliation(deployment)).level == "ok"

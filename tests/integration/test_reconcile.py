@@ -53,6 +53,18 @@ def verify(stack: Stack) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
+def run_status(stack: Stack, web: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", "status", "--worker", web],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 async def commit_past(stack: Stack, topic: str) -> int:
     """Move the group's committed offsets to the end of every partition of ``topic``, as
     a worker with the finding-3 defect did; return how many offsets that skipped."""
@@ -120,5 +132,9 @@ async def test_offsets_committed_without_being_read_are_reported(stack: Stack, c
         await wait_for(reported, worker, timeout=60, what="the worker to export the loss")
         # and it said so in its log (before it set the metric), with the way to look closer
         assert "were never read; see touchpoint verify" in worker.log_tail()
+        # and touchpoint status fails on it
+        code, out = run_status(stack, worker.web)
+        assert code == 1, out
+        assert "offsets committed without being read" in out
     finally:
         worker.stop(signal.SIGTERM)
