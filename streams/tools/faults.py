@@ -313,6 +313,15 @@ class FaultRun:
             self.result.seconds = time.monotonic() - started
         return self.result
 
+    async def bounded_run(self, limit_s: float = 1800.0) -> RunResult:
+        """:meth:`run`, recorded as an error (not waited for) when it takes longer."""
+        try:
+            return await asyncio.wait_for(self.run(), limit_s)
+        except TimeoutError:
+            self.result.error = f"the run did not finish within {limit_s:.0f} s"
+            await asyncio.to_thread(self._stop_stack)
+            return self.result
+
     # -- the stack ----------------------------------------------------------------------
 
     async def _start_stack(self) -> None:
@@ -643,7 +652,11 @@ class FaultRun:
         )
 
     async def _read_back(self) -> list[_Record]:
-        """Every record the broker holds on the input topics: the truth to check against."""
+        """Every record the broker holds on the input topics: the truth to check against.
+
+        Read until the consumer's position reaches each partition's end (a position, not
+        a last record: an offset may hold no record), within a bound.
+        """
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(
@@ -657,16 +670,24 @@ class FaultRun:
             ]
             consumer.assign(parts)
             ends = await consumer.end_offsets(parts)
-            await consumer.seek_to_beginning(*parts)
-            remaining = {tp for tp, end in ends.items() if end > 0}
+            starts = await consumer.beginning_offsets(parts)
+            for tp in parts:
+                consumer.seek(tp, starts[tp])
+            remaining = {tp for tp in parts if ends[tp] > starts[tp]}
+            deadline = time.monotonic() + 300
             while remaining:
-                batch = await consumer.getmany(timeout_ms=2000, max_records=5000)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"could not read back {sorted(remaining)[:4]}")
+                batch = await consumer.getmany(*remaining, timeout_ms=2000, max_records=5000)
                 for tp, rows in batch.items():
                     for r in rows:
+                        if r.offset >= ends[tp]:
+                            continue
                         kind = dict(r.headers).get(KIND_HEADER, b"unknown").decode()
                         records.append(_Record(tp.topic, tp.partition, r.offset, kind, r.value))
-                        if r.offset + 1 >= ends[tp]:
-                            remaining.discard(tp)
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
         finally:
             await consumer.stop()
         return records
@@ -810,7 +831,7 @@ async def run_profile(
         run_seed = seed + n
         directory = work / f"run-{n + 1:02d}-seed-{run_seed}"
         say(f"run {n + 1} of {runs or profile.runs}: seed {run_seed}, in {directory}")
-        result = await FaultRun(n + 1, run_seed, profile, directory, say).run()
+        result = await FaultRun(n + 1, run_seed, profile, directory, say).bounded_run()
         results.append(result)
         say(result.describe())
         if result.ok and not keep:

@@ -32,7 +32,7 @@ async def test_nothing_is_lost_or_counted_twice_through_kills_restarts_outages_a
             pytest.fail(f"{reason}; integration tests never skip in CI")
         pytest.skip(reason)
     seed = int(os.environ.get("TOUCHPOINT_FAULT_SEED", "1"))
-    result = await FaultRun(1, seed, PROFILES["short"], tmp_path / "run").run()
+    result = await FaultRun(1, seed, PROFILES["short"], tmp_path / "run").bounded_run()
     assert result.ok, result.describe()
     assert sum(result.faults.values()) == sum(PROFILES["short"].faults.values())
     assert result.valid_events > 2000 and result.broken > 20
