@@ -21,7 +21,7 @@ demo: setup
 
 ## test: the whole suite, integration tests on real Apache Kafka and the ClickHouse engine
 test: setup
-	$(BIN)/python -m streams.embedded.kafka fetch
+	$(BIN)/python -m streams.tools.embedded.kafka fetch
 	$(BIN)/pytest
 
 ## test-unit: the fast tests only (no broker)

@@ -4,7 +4,7 @@ These models are the executable form of the public contract (the event format th
 README and ``touchpoint schema`` describe). They check the *shape* of an event: types,
 required fields, score ranges, bounds of every number that is stored, sizes.
 Normalising identifiers (e-mail case, E.164 phones, blocked values) and correcting
-clock skew are decisions of the stream processor and live in ``streams.ingest``.
+clock skew are decisions of the stream processor and live in ``streams.domain.ingest``.
 
 Types are strict: a JSON value must have the type the schema names, nothing is coerced
 (``"9"`` is not a score, ``1`` is not ``true``). An integer stands for a number, as in

@@ -11,7 +11,7 @@ partition and an offset ``committed`` that the consumer group committed:
 * every offset a batch read has an outcome row, once the stitch agent has stored what
   the batch forwarded.
 
-Pure helpers and the queries; ``streams.reconcile`` adds the Kafka side.
+Pure helpers and the queries; ``streams.runtime.reconcile`` adds the Kafka side.
 """
 
 from __future__ import annotations

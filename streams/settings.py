@@ -35,9 +35,9 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as _SourceError
 
 from schemas.alert_rules import AlertRules
-from streams.effort import DEFAULT_ASSISTED_CHANNELS
-from streams.identity import DEFAULT_LIMITS, DEFAULT_PRIORITY, DEFAULT_UNIQUE_KINDS
-from streams.journey import DEFAULT_CASE_CLOSING_TYPES, DEFAULT_STAGES
+from streams.domain.effort import DEFAULT_ASSISTED_CHANNELS
+from streams.domain.identity import DEFAULT_LIMITS, DEFAULT_PRIORITY, DEFAULT_UNIQUE_KINDS
+from streams.domain.journey import DEFAULT_CASE_CLOSING_TYPES, DEFAULT_STAGES
 
 __all__ = [
     "DEFAULT_BLOCKED_PATTERNS",

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from schemas.alert_rules import DetractorRule, EffortSpikeRule, ScoreDropRule
 from schemas.alerts import Alert
 from schemas.customer import Customer, Journey, OpenCase, Touch
-from streams.alerts import (
+from streams.domain.alerts import (
     DropDetector,
     compare,
     detractor_alert,
@@ -23,8 +23,8 @@ from streams.alerts import (
     is_detractor,
     looks,
 )
-from streams.effort import Contact
-from streams.scores import Answer, Rolling, Tally, answer_tally, tally_answers
+from streams.domain.effort import Contact
+from streams.domain.scores import Answer, Rolling, Tally, answer_tally, tally_answers
 
 MINUTE = 60_000
 HOUR = 3_600_000

@@ -1,6 +1,6 @@
 """Offset bookkeeping of batched partitions: nothing committed that was not delivered.
 
-The consumer is the real one (``streams.batching``) inside a real Faust app; only the
+The consumer is the real one (``streams.runtime.batching``) inside a real Faust app; only the
 broker side is a double: what a fetch returns, where a seek goes, what is committed
 (the consumer thread and aiokafka, outside our control). The scenario of the trust
 issue's finding 3 is replayed step by step: a worker that just took a partition over
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from streams.batching import BatchingApp, RecordBatch
+from streams.runtime.batching import BatchingApp, RecordBatch
 
 TOPIC = "touchpoints.web"
 TP0 = TP(TOPIC, 0)

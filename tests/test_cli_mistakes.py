@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from streams.cli import build_parser
-from streams.embedded.process import free_port
 from streams.settings_reference import settings_reference
+from streams.tools.embedded.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

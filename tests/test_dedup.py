@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from streams.dedup import Chunk, DuplicateWindow, chunk_partition
+from streams.domain.dedup import Chunk, DuplicateWindow, chunk_partition
 
 HOUR_MS = 3_600_000
 Coordinates = tuple[str, int, int]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.commands import DEMO_DIR_MARKER, DemoDirRefused, prepare_demo_dir
+from streams.tools.demo import DEMO_DIR_MARKER, DemoDirRefused, prepare_demo_dir
 
 
 def test_a_new_directory_is_created_and_marked_as_the_demos(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from sinks.clickhouse import SinkStats
-from streams.metrics import WorkerMetrics
+from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.web import PAGES
 from streams.settings import Settings
-from streams.web import PAGES
 from tests.kustomize import render, validate
 from tests.metric_names import (
     PROMETHEUS_BUILTINS,
@@ -84,7 +84,7 @@ def test_kafka_answers_inside_the_network_and_on_the_host_and_keeps_its_log() ->
 def test_the_worker_restarts_and_its_healthcheck_is_the_live_probe() -> None:
     worker = compose()["services"]["worker"]
     assert worker["restart"] == "unless-stopped"
-    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "streams.web", "live"]
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "streams.runtime.web", "live"]
     assert "/live" in PAGES
     assert worker["volumes"] == ["worker-state:/var/lib/touchpoint"]
 

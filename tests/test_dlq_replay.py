@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sinks.dlq_replay import DeadLetterRecord, ReplayPlan
-from streams.operator_commands import parse_moment
+from streams.operate.commands import parse_moment
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.effort import CaseBook, Contact, EffortRules, is_contact, points
+from streams.domain.effort import CaseBook, Contact, EffortRules, is_contact, points
 
 DAY = 86_400_000
 RULES = EffortRules(repeat_window_ms=7 * DAY, max_contacts_per_case=1000)

@@ -21,8 +21,8 @@ from jsonschema import Draft202012Validator
 from schemas.dead_letter import DeadLetter, Reason
 from schemas.event import event_json_schema
 from schemas.ingested import IngestedEvent, SourceRecord
-from streams.app import ingest_rules
-from streams.ingest import ingest
+from streams.domain.ingest import ingest
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

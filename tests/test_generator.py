@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from schemas.alert_rules import AlertRules
 from schemas.dead_letter import DeadLetter
 from schemas.ingested import IngestedEvent, SourceRecord
-from streams.alerts import DropDetector, compare
-from streams.app import ingest_rules
-from streams.commands import DEMO_ALERTS, demo_config
-from streams.generator import BAD_KINDS, GeneratorConfig, benchmark_events, generate
-from streams.ingest import FLAG_SKEW_CORRECTED, ingest
-from streams.scores import Rolling, answer_tally
+from streams.domain.alerts import DropDetector, compare
+from streams.domain.ingest import FLAG_SKEW_CORRECTED, ingest
+from streams.domain.scores import Rolling, answer_tally
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings
+from streams.tools.demo import DEMO_ALERTS, demo_config
+from streams.tools.generator import BAD_KINDS, GeneratorConfig, benchmark_events, generate
 
 RULES = ingest_rules(Settings())
 NOW = datetime(2026, 11, 15, tzinfo=UTC)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.app import create_worker
-from streams.health import AssignmentWatch, LoopWatch, ReadyLimits, liveness, readiness
+from streams.runtime.app import create_worker
+from streams.runtime.health import AssignmentWatch, LoopWatch, ReadyLimits, liveness, readiness
+from streams.runtime.web import Probes
 from streams.settings import Settings
-from streams.web import Probes
 
 LIMITS = ReadyLimits(clickhouse_max_age_s=30, sink_max_age_s=120)
 

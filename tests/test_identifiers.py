@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.identifiers import IdentifierPolicy, normalise_identifiers, normalise_phone
+from streams.domain.identifiers import IdentifierPolicy, normalise_identifiers, normalise_phone
 from streams.settings import DEFAULT_BLOCKED_PATTERNS, DEFAULT_BLOCKED_VALUES
 
 POLICY = IdentifierPolicy.build(DEFAULT_BLOCKED_VALUES, DEFAULT_BLOCKED_PATTERNS)

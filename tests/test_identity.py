@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.customer import Customer, Merge, Refusal, customer_from_json, customer_to_json
-from streams.identity import (
+from streams.domain.identity import (
     DEFAULT_PRIORITY,
     Changes,
     IdentityRules,
@@ -33,7 +33,7 @@ from streams.identity import (
     customer_id_for,
     node_key,
 )
-from streams.journey import JourneyRules, TouchFacts
+from streams.domain.journey import JourneyRules, TouchFacts
 
 JOURNEY = JourneyRules()
 #: no limit can be reached and no kind is unique: every link is accepted
@@ -89,7 +89,7 @@ class Store:
 
     def persist(self, changes: Changes) -> None:
         """Live customers, then nodes, then deleted customers, as
-        ``streams.agents._persist`` writes them."""
+        ``streams.runtime.agents._persist`` writes them."""
         for customer_id, customer in changes.customers.items():
             if customer is not None:
                 self.customers[customer_id] = customer_to_json(customer)

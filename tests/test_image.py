@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Run from a checkout only: `touchpoint demo`, `benchmark` and `generate`.
 DEV_TOOLING = {
-    "streams/generator.py",
-    "streams/benchmark.py",
-    "streams/embedded/clickhouse.py",
-    "streams/embedded/kafka.py",
-    "streams/embedded/kafka-pom.xml",
+    "streams/tools/generator.py",
+    "streams/tools/benchmark.py",
+    "streams/tools/embedded/clickhouse.py",
+    "streams/tools/embedded/kafka.py",
+    "streams/tools/embedded/kafka-pom.xml",
 }
 
 
@@ -73,7 +73,12 @@ def test_the_image_leaves_the_dev_tooling_out() -> None:
     files = set(copied())
     assert all((ROOT / f).exists() for f in DEV_TOOLING)
     assert files & DEV_TOOLING == set()
-    assert {"streams/app.py", "streams/web.py", "sinks/clickhouse.py", "pyproject.toml"} <= files
+    assert {
+        "streams/runtime/app.py",
+        "streams/runtime/web.py",
+        "sinks/clickhouse.py",
+        "pyproject.toml",
+    } <= files
     assert not any(f.startswith(("tests/", "deploy/", ".ci/")) for f in files)
 
 
@@ -84,8 +89,8 @@ from streams.cli import build_parser
 build_parser().parse_args(["worker"])
 # what `touchpoint worker` imports on its way to running
 from faust import Worker
-import schemas.alert_rules, sinks.migrations, streams.topics
-from streams.app import clean_run, create_worker
+import schemas.alert_rules, sinks.migrations, streams.runtime.topics
+from streams.runtime.app import clean_run, create_worker
 from streams.settings import Settings
 worker = create_worker(Settings(store="memory://", data_dir=Path(sys.argv[1])), ())
 import streams
@@ -114,7 +119,7 @@ def test_the_worker_starts_from_the_files_the_image_holds(tmp_path: Path) -> Non
     loaded = {m.replace(".", "/") + ".py" for m in modules.split()}
     assert loaded & DEV_TOOLING == set()
     probe = subprocess.run(
-        [sys.executable, "-m", "streams.web", "--help"],
+        [sys.executable, "-m", "streams.runtime.web", "--help"],
         cwd=tmp_path,
         env={"PYTHONPATH": str(image), "PATH": "/usr/bin:/bin"},
         capture_output=True,

@@ -17,17 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import streams.identifiers as identifiers_module
-import streams.ingest as ingest_module
+import streams.domain.identifiers as identifiers_module
+import streams.domain.ingest as ingest_module
 from schemas.clickhouse import EVENT_COLUMNS
 from schemas.dead_letter import DeadLetter, Reason
 from schemas.event import EPOCH_MS_MINIMUM, LATEST_MS
 from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.rows import event_row
-from streams.app import ingest_rules
-from streams.dedup import DuplicateWindow
-from streams.ingest import IngestRules, triage
-from streams.ingest import ingest as run_ingest
+from streams.domain.dedup import DuplicateWindow
+from streams.domain.ingest import IngestRules, triage
+from streams.domain.ingest import ingest as run_ingest
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

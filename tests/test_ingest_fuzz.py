@@ -24,9 +24,9 @@ from schemas.dead_letter import DeadLetter, Reason
 from schemas.event import TouchpointEvent
 from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.rows import dead_letter_row, event_row
-from streams.app import ingest_rules
-from streams.dedup import DuplicateWindow
-from streams.ingest import triage
+from streams.domain.dedup import DuplicateWindow
+from streams.domain.ingest import triage
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings
 from tests.hostile_input import (
     CORPUS,

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.customer import Journey, OpenCase
-from streams.journey import (
+from streams.domain.journey import (
     DEFAULT_CASE_CLOSING_TYPES,
     DEFAULT_STAGES,
     JourneyRules,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sinks.clickhouse import ClickHouseSink, SinkStats
-from streams.metrics import WorkerMetrics
+from streams.runtime.metrics import WorkerMetrics
 from tests.metric_names import exported_families, sample_names
 
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sinks.report_queries import STEPS_S, ReportQuery, score_alert_rows, time_step
-from streams.report import (
+from streams.operate.report import (
     DATA_ELEMENT_ID,
     QUESTIONS,
     driver_findings,
@@ -231,5 +231,5 @@ def test_the_page_module_needs_no_faust() -> None:
     import subprocess
     import sys
 
-    check = "import sys, streams.report; sys.exit('faust' in sys.modules)"
+    check = "import sys, streams.operate.report; sys.exit('faust' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sinks.report_queries import ReportQuery
-from streams.report import QUESTIONS, render_report
+from streams.operate.report import QUESTIONS, render_report
 from tests.report_browser import render
 from tests.report_samples import empty_data, sample_data
 

@@ -8,7 +8,7 @@ import statistics
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.scores import (
+from streams.domain.scores import (
     Answer,
     Rolling,
     Tally,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from streams.app import ingest_rules
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings, load_settings
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from streams.settings import Settings
-from streams.status import (
+from streams.operate.status import (
     CHECKS,
     Deployment,
     Finding,
@@ -18,6 +17,7 @@ from streams.status import (
     render_text,
     run_checks,
 )
+from streams.settings import Settings
 
 
 def exposition() -> str:

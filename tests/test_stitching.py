@@ -10,14 +10,14 @@ import orjson
 from schemas.clickhouse import EVENT_COLUMNS, SCORE_COLUMNS
 from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.rows import event_row
-from streams.app import identity_rules, ingest_rules
-from streams.dedup import DuplicateWindow
-from streams.effort import CaseBook, EffortRules
-from streams.ingest import ingest
-from streams.journey import JourneyRules
-from streams.scores import Watermarks
+from streams.domain.dedup import DuplicateWindow
+from streams.domain.effort import CaseBook, EffortRules
+from streams.domain.ingest import ingest
+from streams.domain.journey import JourneyRules
+from streams.domain.scores import Watermarks
+from streams.domain.stitching import FLAG_LATE, ScoreRules, stitch_rows
+from streams.runtime.app import identity_rules, ingest_rules
 from streams.settings import Settings
-from streams.stitching import FLAG_LATE, ScoreRules, stitch_rows
 from tests.test_identity import Store
 
 SETTINGS = Settings()

@@ -33,8 +33,8 @@ import orjson
 from schemas.alert_rules import DetractorRule, EffortSpikeRule, ScoreDropRule
 from schemas.alerts import Alert, alert_id, iso
 from schemas.customer import Customer
-from streams.effort import Contact
-from streams.scores import Z95, Answer, Rolling, ScoreValue, Tally, value_of
+from streams.domain.effort import Contact
+from streams.domain.scores import Z95, Answer, Rolling, ScoreValue, Tally, value_of
 
 __all__ = [
     "Comparison",

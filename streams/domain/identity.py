@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from schemas.customer import Customer, Merge, Refusal
-from streams.journey import JourneyRules, TouchFacts, apply, combine
+from streams.domain.journey import JourneyRules, TouchFacts, apply, combine
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -31,8 +31,8 @@ from schemas.dead_letter import DeadLetter, Reason
 from schemas.event import EARLIEST, EARLIEST_MS, LATEST, LATEST_MS, MAX_DEPTH, TouchpointEvent
 from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.rows import event_row
-from streams.dedup import DuplicateWindow
-from streams.identifiers import IdentifierPolicy, normalise_identifiers
+from streams.domain.dedup import DuplicateWindow
+from streams.domain.identifiers import IdentifierPolicy, normalise_identifiers
 
 __all__ = ["IngestRules", "Triage", "channel_of_topic", "ingest", "triage"]
 

@@ -2,7 +2,7 @@
 
 The ingest agents forward accepted events as ``events_store`` rows (JSON lists, times
 in epoch ms) through the single-partition stitch topic; the stitch agent calls
-:func:`stitch_rows` on each record with a :class:`~streams.identity.Stitcher` over its
+:func:`stitch_rows` on each record with a :class:`~streams.domain.identity.Stitcher` over its
 table, persists :meth:`Stitcher.changes` and hands :attr:`StitchOutput.rows` to the sink.
 """
 
@@ -25,11 +25,11 @@ from sinks.rows import (
     redirect_rows,
     refusal_row,
 )
-from streams.dedup import DuplicateWindow
-from streams.effort import CaseBook, Contact, is_contact
-from streams.identity import Stitcher
-from streams.journey import TouchFacts
-from streams.scores import (
+from streams.domain.dedup import DuplicateWindow
+from streams.domain.effort import CaseBook, Contact, is_contact
+from streams.domain.identity import Stitcher
+from streams.domain.journey import TouchFacts
+from streams.domain.scores import (
     Answer,
     Key,
     Tally,
@@ -271,7 +271,7 @@ def stitch_rows(
 
 def origin_of(topic: str, partition: int, offset: int) -> int:
     """A stable 63-bit number naming an input message's coordinates (the stitch agent's
-    duplicate window notes it with each event id, see ``streams.dedup``)."""
+    duplicate window notes it with each event id, see ``streams.domain.dedup``)."""
     digest = hashlib.blake2b(f"{topic}:{partition}:{offset}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 

@@ -1,8 +1,11 @@
-"""The operator's commands: ``touchpoint status`` and ``touchpoint dlq replay``.
+"""The operator's commands: ``touchpoint worker``, ``migrate``, ``erase``,
+``effort-check``, ``verify``, ``schema``, ``config``, ``status`` and ``dlq replay``
+(``report`` is in :mod:`streams.operate.report`).
 
-Both read a running deployment (the Kafka and ClickHouse the settings name, and, for
-``status``, the workers' web pages); ``dlq replay --execute`` is the only one that
-writes (to the source topics and to the replay ledger in ClickHouse).
+``status`` and ``dlq replay`` read a running deployment (the Kafka and ClickHouse the
+settings name, and, for ``status``, the workers' web pages); ``dlq replay --execute``
+is the only one of the two that writes (to the source topics and to the replay ledger
+in ClickHouse).
 """
 
 from __future__ import annotations
@@ -11,15 +14,35 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from streams.console import config_option, configure_logging, settings_from_args, wait_for_kafka
+from streams.operate.report import _report_segment, _report_step, _report_time, cmd_report
 from streams.settings import Settings
 
-__all__ = ["cmd_dlq_replay", "cmd_status", "parse_moment", "register"]
+__all__ = [
+    "cmd_config",
+    "cmd_dlq_replay",
+    "cmd_effort_check",
+    "cmd_erase",
+    "cmd_migrate",
+    "cmd_schema",
+    "cmd_status",
+    "cmd_verify",
+    "cmd_worker",
+    "parse_moment",
+    "register",
+    "register_deployment",
+]
+
+logger = logging.getLogger("touchpoint")
 
 
 def parse_moment(value: str, now: datetime) -> datetime:
@@ -44,11 +67,321 @@ def _moment(value: str) -> datetime:
     return parse_moment(value, datetime.now(UTC))
 
 
+# --- worker ------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the stream processor until interrupted."""
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    from schemas.alert_rules import signing_keys
+
+    try:
+        keys = signing_keys(settings.alerts, os.environ)
+    except ValueError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
+
+    from streams.runtime.app import clean_run, create_worker
+    from streams.runtime.topics import (
+        discover_input_topics,
+        ensure_changelog_topics,
+        ensure_stitch_topic,
+        ensure_topics,
+    )
+
+    async def prepare() -> tuple[str, ...]:
+        await _migrate(settings)
+        await ensure_topics(
+            settings, [settings.dlq_topic, settings.alerts_topic, settings.merges_topic]
+        )
+        await ensure_stitch_topic(settings)
+        await ensure_changelog_topics(settings)
+        found = await discover_input_topics(settings)
+        for name, count in found.refused.items():
+            logger.error(
+                "not reading %s: %d partitions, expected %d (TOUCHPOINT_TOPIC_PARTITIONS)",
+                name,
+                count,
+                settings.topic_partitions,
+            )
+        return found.usable
+
+    from streams.runtime.lifecycle import SupervisedWorker, retry_until_ready
+
+    what = f"Kafka at {settings.kafka_bootstrap} and ClickHouse at {settings.clickhouse_url}"
+    try:
+        topics = asyncio.run(retry_until_ready(prepare, what, settings.startup_timeout_s))
+    except Exception as exc:
+        raise SystemExit(
+            f"cannot start: {exc}\nWaited {settings.startup_timeout_s:g} s "
+            f"(TOUCHPOINT_STARTUP_TIMEOUT_S). Check TOUCHPOINT_KAFKA_BOOTSTRAP "
+            f"({settings.kafka_bootstrap}) and TOUCHPOINT_CLICKHOUSE_URL "
+            f"({settings.clickhouse_url})."
+        ) from None
+    logger.info(
+        "reading %d input topics: %s", len(topics), ", ".join(topics) or "(none yet; discovering)"
+    )
+    worker = create_worker(settings, topics, keys)
+    faust_worker = SupervisedWorker(
+        worker.app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
+    # Faust's start-up spinner sets the root logger to DEBUG whenever the level is WARNING
+    # or above, so every library formats every debug record (about 7% of the stitch path)
+    faust_worker.spinner = None
+    with clean_run(worker):
+        faust_worker.execute_from_commandline()
+    return 0
+
+
+# --- migrate -----------------------------------------------------------------------------
+
+
+async def _migrate(settings: Settings) -> str:
+    from sinks.migrations import migrate
+    from streams.runtime.app import open_clickhouse
+
+    client = await open_clickhouse(settings)
+    try:
+        report = await migrate(
+            client, settings.clickhouse_database, cluster=settings.clickhouse_cluster
+        )
+    finally:
+        await client.close()
+    return (
+        f"database {settings.clickhouse_database}: applied {list(report.applied) or 'nothing'}, "
+        f"already applied {list(report.already_applied) or 'none'}"
+        + (f", CHANGED since applied: {list(report.changed)}" if report.changed else "")
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the ClickHouse schema (idempotent)."""
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    try:
+        print(asyncio.run(_migrate(settings)))
+    except Exception as exc:
+        raise SystemExit(
+            f"migration failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}?"
+        ) from None
+    return 0
+
+
+# --- erase -------------------------------------------------------------------------------
+
+
+async def _erase(settings: Settings, kind: str, value: str, wait_s: float) -> dict[str, object]:
+    import uuid
+    from time import monotonic
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from streams.domain.identifiers import normalise_identifiers
+    from streams.runtime.app import ingest_rules, open_clickhouse
+    from streams.runtime.topics import stitch_topic_name
+
+    normalised = normalise_identifiers({kind: value}, ingest_rules(settings).identifiers)
+    if kind not in normalised.kept:
+        reason = normalised.rejected.get(kind, "not usable")
+        raise SystemExit(f"{kind}:{value!r} is not an identifier the worker stores ({reason})")
+    request_id = str(uuid.uuid4())
+    request = {
+        "control": "erase",
+        "request_id": request_id,
+        "kind": kind,
+        "value": normalised.kept[kind],
+        "requested_at": int(datetime.now(UTC).timestamp() * 1000),
+    }
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_client_options()
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            stitch_topic_name(settings), orjson.dumps(request), partition=0
+        )
+    finally:
+        await producer.stop()
+    client = await open_clickhouse(settings)
+    try:
+        # dead letters keep the original bytes; the value as typed is matched there directly
+        # (it is never put on Kafka)
+        await client.command(
+            f"ALTER TABLE `{settings.clickhouse_database}`.dead_letters_store "
+            "DELETE WHERE position(raw, {v:String}) > 0",
+            parameters={"v": value.strip()},
+            settings={"mutations_sync": 2},
+        )
+        deadline = monotonic() + wait_s
+        while monotonic() < deadline:
+            found = await client.query(
+                f"SELECT customer_ids, identifiers_removed FROM "
+                f"`{settings.clickhouse_database}`.erasures WHERE request_id = {{r:String}}",
+                parameters={"r": request_id},
+            )
+            if found.result_rows:
+                ids, removed = found.result_rows[0]
+                return {"request_id": request_id, "customer_ids": ids, "identifiers": removed}
+            await asyncio.sleep(0.5)
+    finally:
+        await client.close()
+    raise SystemExit(
+        f"erasure {request_id} was requested but no worker confirmed it within {wait_s:g} s; "
+        "it is carried out when a worker runs (see touchpoints.erasures)"
+    )
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Erase a customer: identifiers, journey state and stored rows."""
+    settings = settings_from_args(args)
+    configure_logging("WARNING")
+    kind, sep, value = args.identifier.partition(":")
+    if not sep or not value:
+        raise SystemExit("give the identifier as KIND:VALUE, e.g. email:ada@example.com")
+    result = asyncio.run(_erase(settings, kind, value, args.wait))
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+# --- effort-check ------------------------------------------------------------------------
+
+
+async def _effort_check(settings: Settings) -> str:
+    from schemas.clickhouse import quote_identifier
+    from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
+    from streams.runtime.app import open_clickhouse
+
+    db = quote_identifier(settings.clickhouse_database)
+    client = await open_clickhouse(settings)
+    try:
+        summary = (await client.query(EFFORT_VS_CES.format(db=db))).result_rows[0]
+        by_score = (await client.query(EFFORT_VS_CES_BY_SCORE.format(db=db))).result_rows
+    finally:
+        await client.close()
+    return format_effort_vs_ces(tuple(summary), [tuple(r) for r in by_score])
+
+
+def cmd_effort_check(args: argparse.Namespace) -> int:
+    """How well the effort index tracks the CES answers in ClickHouse."""
+    settings = settings_from_args(args)
+    configure_logging("WARNING")
+    try:
+        print(asyncio.run(_effort_check(settings)))
+    except Exception as exc:
+        raise SystemExit(
+            f"effort check failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}"
+            " and migrated (touchpoint migrate)?"
+        ) from None
+    return 0
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+async def _verify(settings: Settings, deep: bool) -> tuple[int, dict[str, object], list[str]]:
+    from sinks.truth import truth_checks
+    from streams.runtime.app import open_clickhouse
+    from streams.runtime.reconcile import reconcile
+
+    client = await open_clickhouse(settings)
+    try:
+        report = await reconcile(settings, client)
+        lines = report.lines()
+        found: dict[str, object] = {
+            "unread": report.unread,
+            "missing": report.missing,
+            "pending_stitch_records": report.pending,
+            "partitions": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "start": p.start,
+                    "committed": p.committed,
+                    "end": p.end,
+                    "read": p.read,
+                    "unread": p.unread,
+                    "missing": p.missing,
+                }
+                for p in report.partitions
+            ],
+        }
+        status = 1 if report.difference else (3 if report.pending else 0)
+        if deep:
+            differences = await truth_checks(
+                client,
+                settings.clickhouse_database,
+                dimensions=settings.score_segments,
+                assisted=sorted(settings.effort_assisted_channels),
+                bucket_s=settings.score_bucket_s,
+                repeat_window_s=settings.effort_repeat_window_s,
+            )
+            lines += ["aggregates against a recomputation from events:"]
+            lines += [f"  {d}" for d in differences]
+            found["aggregates"] = {d.check: d.differing for d in differences}
+            if any(not d.ok for d in differences) and status == 0:
+                status = 1
+    finally:
+        await client.close()
+    return status, found, lines
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Reconcile committed offsets with the ledger and what ClickHouse holds."""
+    settings = settings_from_args(args)
+    configure_logging("WARNING")
+    try:
+        status, found, lines = asyncio.run(_verify(settings, args.deep))
+    except Exception as exc:
+        raise SystemExit(
+            f"verify failed: {exc}\nCheck TOUCHPOINT_KAFKA_BOOTSTRAP and "
+            f"TOUCHPOINT_CLICKHOUSE_URL (is ClickHouse migrated?)."
+        ) from None
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print("\n".join(lines))
+        if status == 3:
+            print("pending: the stitch topic is not committed to its end; run again when drained")
+    return status
+
+
+# --- schema / config ---------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of a v1 touchpoint event."""
+    from schemas.event import event_json_schema
+
+    text = json.dumps(event_json_schema(), indent=2, sort_keys=True)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective settings, secrets masked (or, with ``--reference``, the
+    settings reference)."""
+    if args.reference:
+        from streams.settings_reference import settings_reference
+
+        sys.stdout.write(settings_reference())
+        return 0
+    print(json.dumps(settings_from_args(args).redacted(), indent=2, default=str))
+    return 0
+
+
 # --- status --------------------------------------------------------------------------------
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> Any:
-    from streams.status import Deployment, run_checks
+    from streams.operate.status import Deployment, run_checks
 
     deployment = Deployment(
         settings, args.worker or (), max_lag=args.max_lag, timeout_s=args.timeout
@@ -65,10 +398,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Check a running deployment; exit 1 when a check fails, saying why."""
     import logging
 
-    from streams.cli import _settings
-    from streams.status import as_json, healthy, render_text
+    from streams.operate.status import as_json, healthy, render_text
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     # the clients' own retry logs would bury the report; a failed check says what happened
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     findings = _guarded(settings, _status(settings, args))
@@ -104,7 +436,6 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> tuple[dict[st
     from aiokafka import AIOKafkaProducer
 
     from sinks.dlq_replay import ReplayFilter, execute_replay, plan_replay, summary_counts
-    from streams.cli import _wait_for_kafka
 
     wanted = ReplayFilter(
         reasons=tuple(args.reason or ()),
@@ -138,7 +469,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> tuple[dict[st
         if not plan.selected:
             report.update(published=0, claimed_elsewhere=0, failed=0, topic_missing=0)
             return report, 0
-        await _wait_for_kafka(settings, args.connect_timeout)
+        await wait_for_kafka(settings, args.connect_timeout)
         partitions = await _topic_partitions(
             settings, {letter.source_topic for letter in plan.selected}
         )
@@ -240,9 +571,7 @@ def _replay_text(report: dict[str, Any], show: int) -> str:
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     """Re-publish dead letters to their source topics (dry run unless ``--execute``)."""
-    from streams.cli import _settings
-
-    settings = _settings(args)
+    settings = settings_from_args(args)
     report, code = _guarded(settings, _replay(settings, args))
     _out(
         json.dumps(report, indent=2, default=str) if args.json else _replay_text(report, args.show)
@@ -259,7 +588,7 @@ def _out(text: str) -> None:
 
 
 async def _clickhouse(settings: Settings) -> Any:
-    from streams.app import open_clickhouse
+    from streams.runtime.app import open_clickhouse
 
     return await open_clickhouse(settings)
 
@@ -295,10 +624,83 @@ def _guarded(settings: Settings, work: Any) -> Any:
         ) from None
 
 
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``status`` and ``dlq replay`` to the ``touchpoint`` parser."""
-    from streams.cli import config_option
+# --- registration ----------------------------------------------------------------------
 
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``worker``, ``migrate``, ``schema``, ``config``, ``erase``, ``verify``,
+    ``effort-check`` and ``report`` to the ``touchpoint`` parser."""
+    add("worker", cmd_worker, "run the stream processor (Faust agents) until interrupted")
+    add("migrate", cmd_migrate, "create or upgrade the ClickHouse schema (idempotent)")
+    schema = add("schema", cmd_schema, "print the JSON Schema of a v1 touchpoint event")
+    schema.add_argument("--output", "-o", help="write to this file instead of stdout")
+    config = add("config", cmd_config, "print the effective settings, secrets masked")
+    config.add_argument(
+        "--reference",
+        action="store_true",
+        help="print the settings reference (every setting, its variable, default and "
+        "meaning; docs/settings.md) instead",
+    )
+    erase = add(
+        "erase",
+        cmd_erase,
+        "erase the customer an identifier belongs to: its identifiers and journey from the "
+        "stream state (changelog tombstones) and its rows from ClickHouse; an erasure record "
+        "(no identifier values) is kept in touchpoints.erasures",
+    )
+    erase.add_argument("--identifier", required=True, help="KIND:VALUE, e.g. email:ada@x.org")
+    erase.add_argument(
+        "--wait", type=float, default=120.0, help="seconds to wait for a worker to confirm"
+    )
+
+    verify = add(
+        "verify",
+        cmd_verify,
+        "reconcile every input partition: offsets the consumer group committed that no "
+        "batch read, and messages read that ClickHouse holds no outcome for; exit 1 on a "
+        "difference, 3 while the stitch topic still has records to store",
+    )
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="also recompute scores, journeys and effort from events and compare",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    add(
+        "effort-check",
+        cmd_effort_check,
+        "how well the effort index tracks the CES answers in ClickHouse (correlation, "
+        "sample size, mean effort per CES score)",
+    )
+
+    report = add(
+        "report",
+        cmd_report,
+        "write the analysts' report: one self-contained HTML file (charts and their data "
+        "inside, opens offline) drawn from the ClickHouse views",
+    )
+    report.add_argument("--output", "-o", required=True, help="the HTML file to write")
+    report.add_argument(
+        "--from", dest="start", type=_report_time, help="event time from (ISO 8601; UTC)"
+    )
+    report.add_argument("--to", dest="end", type=_report_time, help="event time until, excluded")
+    report.add_argument(
+        "--segment",
+        action="append",
+        type=_report_segment,
+        metavar="KIND:VALUE",
+        help="a segment whose NPS, CSAT and CES to draw over time, e.g. region:eu-west; "
+        "KIND:* for every value of a kind; repeat for more (default channel:*)",
+    )
+    report.add_argument(
+        "--step", type=_report_step, help="time step of the charts, e.g. 1h, 6h, 1d "
+        "(default: from the span, at most 48 steps)",
+    )  # fmt: skip
+
+
+def register_deployment(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``status`` and ``dlq replay`` to the ``touchpoint`` parser."""
     status = add(
         "status",
         cmd_status,

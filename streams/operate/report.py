@@ -18,11 +18,14 @@ The page answers, chart by chart (:data:`QUESTIONS`):
   a sentence saying whether transfers and escalations hurt NPS in this data;
 * dead letters by reason over time, identity merges and refusals by reason.
 
-Everything here but :func:`write_report` is pure: rows in, figures and text out.
+Everything here but :func:`write_report` and the command (``touchpoint report``,
+:func:`write_report_file`) is pure: rows in, figures and text out.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import html
 import json
 import math
@@ -34,18 +37,22 @@ from pathlib import Path
 from typing import Any
 
 from sinks.report_queries import DRIVER_LEVELS, ReportQuery, load_report_data
-from streams.alerts import compare
-from streams.scores import Z95, Tally, value_of
+from streams.console import configure_logging, settings_from_args
+from streams.domain.alerts import compare
+from streams.domain.scores import Z95, Tally, value_of
+from streams.settings import Settings
 
 __all__ = [
     "DATA_ELEMENT_ID",
     "QUESTIONS",
     "DriverFinding",
     "build_charts",
+    "cmd_report",
     "driver_findings",
     "drivers_sentence",
     "render_report",
     "write_report",
+    "write_report_file",
 ]
 
 #: The id of the page's one JSON block (the data the charts are drawn from).
@@ -853,3 +860,103 @@ async def write_report(
     partial.write_text(page, encoding="utf-8")
     partial.replace(path)
     return data
+
+
+# --- the command: touchpoint report ------------------------------------------------------
+
+
+def _report_time(text: str) -> datetime:
+    """``--from`` / ``--to``: an ISO 8601 date or date and time; without an offset, UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date or time: {text!r} (e.g. 2026-11-01 or 2026-11-01T08:00:00+01:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _report_segment(text: str) -> str:
+    """``--segment``: ``KIND`` or ``KIND:*`` (every value of a kind) or ``KIND:VALUE``."""
+    kind, sep, value = text.partition(":")
+    if not kind or (sep and not value):
+        raise argparse.ArgumentTypeError(
+            f"not a segment: {text!r} (give KIND:VALUE, e.g. region:eu-west, or KIND:* for "
+            "every value of a kind, e.g. channel:*)"
+        )
+    return kind if value in ("", "*") else f"{kind}:{value}"
+
+
+def _report_step(text: str) -> int:
+    from schemas.alert_rules import parse_duration
+
+    try:
+        seconds = int(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 60:
+        raise argparse.ArgumentTypeError("--step is at least a minute (the score buckets')")
+    return seconds
+
+
+def write_report_file(
+    settings: Settings, output: Path, query: ReportQuery | None = None
+) -> dict[str, Any]:
+    """Write the report of ``settings``' ClickHouse to ``output``; returns what it
+    covers (the row of :data:`sinks.report_queries.COVERAGE`)."""
+
+    async def run() -> dict[str, Any]:
+        import clickhouse_connect
+
+        client = await clickhouse_connect.get_async_client(
+            dsn=settings.clickhouse_url,
+            username=settings.clickhouse_user,
+            password=settings.clickhouse_password.get_secret_value(),
+            verify=settings.clickhouse_verify_tls,
+            autogenerate_session_id=False,
+        )
+        try:
+            data = await write_report(
+                client,
+                settings.clickhouse_database,
+                query or ReportQuery(),
+                output,
+                datetime.now(UTC),
+            )
+        finally:
+            await client.close()
+        return dict(data["coverage"])
+
+    return asyncio.run(run())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the analysts' report: one self-contained HTML file drawn from ClickHouse."""
+    settings = settings_from_args(args)
+    configure_logging("WARNING")
+    if args.start and args.end and args.start >= args.end:
+        raise SystemExit("--from must come before --to")
+    query = ReportQuery(
+        start=args.start,
+        end=args.end,
+        segments=tuple(dict.fromkeys(args.segment or ["channel"])),
+        step_s=args.step,
+    )
+    output = Path(args.output)
+    try:
+        covers = write_report_file(settings, output, query)
+    except Exception as exc:
+        raise SystemExit(
+            f"report failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}"
+            " and migrated (touchpoint migrate)?"
+        ) from None
+    span = (
+        f"{covers['first_event']} to {covers['last_event']}"
+        if covers["first_event"]
+        else "no events in the range"
+    )
+    print(
+        f"wrote {output.resolve()}: {covers['events']:,} events, {covers['customers']:,} "
+        f"customers, {covers['answers']:,} answers ({span})"
+    )
+    return 0

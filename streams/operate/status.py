@@ -22,8 +22,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.clickhouse import migrations, quote_identifier
+from streams.runtime.topics import (
+    InputTopics,
+    discover_input_topics,
+    stitch_topic_name,
+    uncommitted,
+)
 from streams.settings import Settings
-from streams.topics import InputTopics, discover_input_topics, stitch_topic_name, uncommitted
 
 __all__ = [
     "CHECKS",
@@ -111,7 +116,7 @@ class Deployment:
 
     async def clickhouse(self) -> Any:
         if self._clickhouse is None:
-            from streams.app import open_clickhouse
+            from streams.runtime.app import open_clickhouse
 
             self._clickhouse = await open_clickhouse(self.settings)
         return self._clickhouse

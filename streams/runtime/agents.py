@@ -41,20 +41,20 @@ from schemas.alerts import Alert
 from schemas.customer import customer_from_json, customer_to_json
 from sinks.alerts import alert_row
 from sinks.rows import dead_letter_row, duplicate_of, ledger_row
-from streams.alerts import DropDetector, detractor_alert, effort_spike_alert, looks
-from streams.batching import RecordBatch
-from streams.dedup import Chunk
-from streams.effort import CaseBook
-from streams.identity import Stitcher, node_key
-from streams.ingest import triage
-from streams.journey import compact
-from streams.lifecycle import retry_until_ready, survives
-from streams.scores import Watermarks
-from streams.state import send_changelog, write_local
-from streams.stitching import StitchOutput, chunk_rows, stitch_rows
+from streams.domain.alerts import DropDetector, detractor_alert, effort_spike_alert, looks
+from streams.domain.dedup import Chunk
+from streams.domain.effort import CaseBook
+from streams.domain.identity import Stitcher, node_key
+from streams.domain.ingest import triage
+from streams.domain.journey import compact
+from streams.domain.scores import Watermarks
+from streams.domain.stitching import StitchOutput, chunk_rows, stitch_rows
+from streams.runtime.batching import RecordBatch
+from streams.runtime.lifecycle import retry_until_ready, survives
+from streams.runtime.state import send_changelog, write_local
 
 if TYPE_CHECKING:
-    from streams.app import Worker
+    from streams.runtime.worker import Worker
 
 __all__ = ["register_agents"]
 
@@ -147,7 +147,7 @@ def register_agents(worker: Worker) -> None:
                 now,
             )
             # the ledger row goes with the batch's dead letters and duplicates, before the
-            # ack: every committed offset is covered by a stored row (streams.reconcile)
+            # ack: every committed offset is covered by a stored row (streams.runtime.reconcile)
             await sink.add(
                 {
                     "dead_letters_store": [dead_letter_row(d) for d in result.dead_letters],
@@ -635,7 +635,7 @@ def _write_state(
     was revoked after the batch began (``epoch``, see :meth:`Worker.fence_stitch`). A
     revocation that leaves batches unsent resets the local store, so that it is
     restored from the changelog, the truth every worker shares; a stop that leaves
-    them has it rebuilt at the next start (``streams.app.clean_run``).
+    them has it rebuilt at the next start (``streams.runtime.app.clean_run``).
     """
     _check_fence(worker, epoch)
     changes = stitcher.changes()

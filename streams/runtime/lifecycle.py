@@ -9,7 +9,7 @@
   and lets the next tick try again.
 * **End**: a stop (SIGTERM, Ctrl-C) is bounded: after ``shutdown_timeout_s`` the process
   exits at once with status 1 (the local state is rebuilt from the changelogs at the
-  next start, see ``streams.app.clean_run``). An app that crashed (an agent's error, a
+  next start, see ``streams.runtime.app.clean_run``). An app that crashed (an agent's error, a
   failed changelog write) exits promptly with status 1 too, so a supervisor restarts
   it, instead of lingering half-stopped while its web pages still answer.
 """

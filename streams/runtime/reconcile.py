@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sinks.ledger import holes, ledger_ranges, ledger_start, missing_outcomes, span
+from streams.runtime.topics import discover_input_topics, stitch_topic_name, uncommitted
 from streams.settings import Settings
-from streams.topics import discover_input_topics, stitch_topic_name, uncommitted
 
 __all__ = ["LedgerWatch", "PartitionCheck", "Reconciliation", "reconcile"]
 

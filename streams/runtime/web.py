@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from faust.web.base import BlueprintManager
 from mode import Service
 
-from streams.health import (
+from streams.runtime.health import (
     AssignmentWatch,
     LoopWatch,
     ReadyLimits,
@@ -30,10 +30,10 @@ from streams.health import (
     liveness,
     readiness,
 )
-from streams.lag import LagSampler
+from streams.runtime.lag import LagSampler
 
 if TYPE_CHECKING:
-    from streams.app import Worker
+    from streams.runtime.worker import Worker
 
 __all__ = ["PAGES", "Probes", "install_pages", "main", "probe"]
 
@@ -259,13 +259,13 @@ def probe(page: str, port: int, timeout_s: float = 3.0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.web live|ready``: the worker's probes for a healthcheck."""
+    """``python -m streams.runtime.web live|ready``: the worker's probes for a healthcheck."""
     import argparse
 
     from streams.settings import load_settings
 
     parser = argparse.ArgumentParser(
-        prog="python -m streams.web",
+        prog="python -m streams.runtime.web",
         description="Ask the worker on this machine (TOUCHPOINT_WEB_PORT) for a probe; "
         "exit 0 when it passes.",
     )

@@ -25,15 +25,30 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BenchResult", "LatencyResult", "alert_latency", "run_ceiling", "run_faust_floor"]
+if TYPE_CHECKING:
+    import argparse
+
+# the bare Faust loop runs this module in a child process (``faust-floor`` below), whose
+# peak memory is measured: what else the command needs is imported where it is used
+
+__all__ = [
+    "BenchResult",
+    "LatencyResult",
+    "alert_latency",
+    "cmd_benchmark",
+    "run_ceiling",
+    "run_faust_floor",
+]
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,7 @@ def run_faust_floor(bootstrap: str, topics: list[str], events: int, workdir: Pat
         [
             sys.executable,
             "-m",
-            "streams.benchmark",
+            "streams.tools.benchmark",
             "faust-floor",
             bootstrap,
             ",".join(topics),
@@ -163,7 +178,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "faust-floor":
         _faust_floor_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
-        raise SystemExit("usage: python -m streams.benchmark faust-floor BOOTSTRAP TOPICS N DIR")
+        raise SystemExit(
+            "usage: python -m streams.tools.benchmark faust-floor BOOTSTRAP TOPICS N DIR"
+        )
 
 
 @dataclass(frozen=True)
@@ -261,3 +278,221 @@ async def alert_latency(
         cuts[98] if cuts else 0.0,
         waits[-1] if waits else 0.0,
     )
+
+
+# --- the command: touchpoint benchmark ---------------------------------------------------
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Ceiling, bare Faust and this worker on the same broker and data, in one run."""
+    from streams.console import say
+    from streams.tools.demo import _create_topics
+    from streams.tools.embedded.clickhouse import EmbeddedClickHouse
+    from streams.tools.embedded.kafka import ApacheKafka
+    from streams.tools.generator import benchmark_events, publish
+
+    loops = set(args.loops)
+    if not loops or loops - set("abc"):
+        raise SystemExit("--loops takes letters among a, b and c, e.g. --loops abc or --loops c")
+    work = Path(tempfile.mkdtemp(prefix="touchpoint-bench-"))
+    channels = ["web", "mobile_app", "email", "call_center"]
+    topics = [f"touchpoints.{c}" for c in channels]
+    results: dict[str, BenchResult] = {}
+    customers_stored: int | None = None
+    latency: Any = None
+
+    def events(count: int) -> Any:
+        return benchmark_events(
+            args.seed, count, args.customers, every_customer=args.every_customer
+        )
+
+    try:
+        with (
+            ApacheKafka(work / "kafka", heap="1g") as kafka,
+            EmbeddedClickHouse(work / "clickhouse") as clickhouse,
+        ):
+            asyncio.run(_create_topics(kafka.bootstrap, topics, args.partitions))
+            say(f"publishing {args.events:,} events over {args.customers:,} customers ...")
+            stats = asyncio.run(
+                publish(
+                    events(args.events),
+                    kafka.bootstrap,
+                    compression="lz4",
+                    progress=lambda n: say(f"  published {n:,}"),
+                    progress_every=50_000,
+                )
+            )
+            size = sum(len(m.value) for m in events(2000))
+            say(
+                f"  {stats.total:,} events (~{size / 2000:.0f} bytes each) in {stats.seconds:.1f} s"
+            )
+
+            if "a" in loops:
+                say("(a) ceiling: aiokafka getmany + orjson ...")
+                results["a"] = asyncio.run(run_ceiling(kafka.bootstrap, topics, args.events))
+                say(f"    {results['a'].rate:,.0f} events/s")
+            if "b" in loops:
+                say("(b) bare Faust agent ...")
+                results["b"] = run_faust_floor(kafka.bootstrap, topics, args.events, work / "faust")
+                say(f"    {results['b'].rate:,.0f} events/s")
+            if "c" in loops:
+                say("(c) this worker: validated, stitched, scored, into ClickHouse ...")
+                results["c"], customers_stored = _bench_worker(
+                    kafka.bootstrap, clickhouse.url, args, work
+                )
+                say(f"    {results['c'].rate:,.0f} events/s, {customers_stored:,} customers")
+            if args.latency:
+                offered = args.latency_rate or 0.75 * (results["c"].rate if "c" in results else 0)
+                if offered <= 0:
+                    raise SystemExit("--latency needs loop c in the run, or --latency-rate")
+                say(f"alert latency: {offered:,.0f} events/s for {args.latency_seconds:.0f} s ...")
+                latency = _bench_alert_latency(
+                    kafka.bootstrap, clickhouse.url, offered, args.latency_seconds, args, work
+                )
+                say(
+                    f"    p50 {latency.p50_s:.2f} s, p99 {latency.p99_s:.2f} s "
+                    f"({latency.delivered:,} of {latency.tipping:,} detractor answers)"
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report: dict[str, Any] = {
+        "events": args.events,
+        "customers": args.customers,
+        "every_customer": args.every_customer,
+        "partitions": args.partitions,
+        "customers_stored": customers_stored,
+        "results": {k: {**asdict(r), "events_per_s": round(r.rate)} for k, r in results.items()},
+    }
+    ratios = [
+        (f"{x}/{y}", results[x].rate / results[y].rate)
+        for x, y in (("c", "a"), ("c", "b"), ("b", "a"))
+        if x in results and y in results and results[y].rate
+    ]
+    report.update({name.replace("/", "_over_"): round(r, 3) for name, r in ratios})
+    if latency is not None:
+        report["alert_latency"] = asdict(latency)
+    lines = [
+        "",
+        f"{'loop':<56} {'events/s':>10} {'peak RSS MiB':>13}",
+        *(
+            f"({k}) {r.name:<52} {r.rate:>10,.0f} {r.peak_rss_mib:>13.0f}"
+            for k, r in sorted(results.items())
+        ),
+        "",
+        "   ".join(f"{name} = {r:.3f}" for name, r in ratios),
+    ]
+    if customers_stored is not None:
+        lines.append(f"customers in the worker's state and in customer_360: {customers_stored:,}")
+    if latency is not None:
+        lines.append(
+            f"alert latency at {latency.rate:,.0f} events/s offered: p50 {latency.p50_s:.2f} s, "
+            f"p99 {latency.p99_s:.2f} s, max {latency.max_s:.2f} s "
+            f"({latency.delivered:,} of {latency.tipping:,} detractor answers delivered)"
+        )
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _bench_worker(
+    bootstrap: str, clickhouse_url: str, args: argparse.Namespace, work: Path
+) -> tuple[Any, int]:
+    """(c): from the worker's first consumed event until ClickHouse holds every event and
+    every customer's journey; returns the result and how many customers it stitched."""
+    from streams.tools.demo import _clickhouse_client, _worker_env, _WorkerProcess
+
+    worker = _WorkerProcess(
+        _worker_env(
+            bootstrap,
+            clickhouse_url,
+            work / "state",
+            TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
+            TOUCHPOINT_APP_ID="bench-worker",
+            TOUCHPOINT_LOG_LEVEL="WARNING",
+            # every benchmark event lies in the past; flag them, as in production
+            TOUCHPOINT_MAX_AGE_S=str(10 * 365 * 86400),
+        ),
+        work / "worker.log",
+    )
+    try:
+        worker.wait_ready()
+        client = _clickhouse_client(clickhouse_url)
+        first = 0.0
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            totals = worker.accounting() or {}
+            if not first and totals.get("consumed", 0) > 0:
+                first = time.perf_counter()
+            if totals.get("consumed", 0) >= args.events:
+                break
+            if worker.proc.poll() is not None:
+                raise SystemExit(f"the worker exited:\n{worker.tail()}")
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            events = client.query("SELECT count() FROM touchpoints.events_store")
+            # the journeys are stored in the same flush as their events; checked once those are in
+            if events.result_rows[0][0] >= args.events:
+                journeys = client.query("SELECT sum(touchpoints) FROM touchpoints.customer_360")
+                if journeys.result_rows[0][0] >= args.events:
+                    break
+            if worker.proc.poll() is not None:
+                raise SystemExit(f"the worker exited:\n{worker.tail()}")
+            time.sleep(0.05)
+        else:
+            raise SystemExit(f"the worker did not finish within the hour:\n{worker.tail()}")
+        elapsed = time.perf_counter() - first
+        rss = peak_rss_mib(worker.proc.pid)
+        customers = client.query("SELECT count() FROM touchpoints.customer_360").result_rows[0][0]
+    finally:
+        worker.stop()
+    name = "this worker: stitched, scored, in ClickHouse"
+    return BenchResult(name, args.events, elapsed, rss), int(customers)
+
+
+def _bench_alert_latency(
+    bootstrap: str,
+    clickhouse_url: str,
+    rate: float,
+    seconds: float,
+    args: argparse.Namespace,
+    work: Path,
+) -> Any:
+    """A fresh worker with a webhook endpoint on loopback, offered ``rate`` events/s live."""
+    import base64
+
+    from streams.tools.demo import _create_topics, _worker_env, _WorkerProcess
+    from streams.tools.embedded.process import free_port
+
+    topics = ["touchpoints.lat_web", "touchpoints.lat_call_center"]
+    asyncio.run(_create_topics(bootstrap, topics, args.partitions))
+    port = free_port()
+    endpoint = {
+        "name": "bench",
+        "url": f"http://127.0.0.1:{port}/hook",
+        "types": ["customer.detractor"],
+        "allow_http": True,
+        "allow_private": True,
+    }
+    worker = _WorkerProcess(
+        _worker_env(
+            bootstrap,
+            clickhouse_url,
+            work / "latency-state",
+            TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
+            TOUCHPOINT_APP_ID="bench-latency",
+            TOUCHPOINT_TOPIC_PATTERN=r"^touchpoints\.lat_[a-z0-9_]+$",
+            TOUCHPOINT_CLICKHOUSE_DATABASE="touchpoints_latency",
+            TOUCHPOINT_ALERTS_TOPIC="touchpoints.bench-latency-alerts",
+            TOUCHPOINT_MERGES_TOPIC="touchpoints.bench-latency-merges",
+            TOUCHPOINT_ALERTS=json.dumps({"endpoints": [endpoint]}),
+            TOUCHPOINT_WEBHOOK_SECRET_BENCH="whsec_" + base64.b64encode(os.urandom(32)).decode(),
+            TOUCHPOINT_LOG_LEVEL="WARNING",
+        ),
+        work / "latency-worker.log",
+    )
+    try:
+        worker.wait_ready()
+        return asyncio.run(alert_latency(bootstrap, topics, rate, seconds, port))
+    finally:
+        worker.stop()

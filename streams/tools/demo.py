@@ -1,4 +1,5 @@
-"""The commands that orchestrate processes: ``generate``, ``demo`` and ``benchmark``."""
+"""``touchpoint generate`` and ``touchpoint demo``, and what the demo and the benchmark
+share: a worker as a child process, its environment, topics, a ClickHouse client."""
 
 from __future__ import annotations
 
@@ -10,25 +11,25 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
-from streams.embedded.process import free_port
+from streams.console import say, settings_from_args, wait_for_kafka
+from streams.tools.embedded.process import free_port
 
 __all__ = [
     "DEMO_ALERTS",
     "DEMO_DIR_MARKER",
     "DemoDirRefused",
+    "cmd_demo",
+    "cmd_generate",
     "demo_config",
     "prepare_demo_dir",
-    "register",
 ]
 
 CHANNELS = (
@@ -66,7 +67,7 @@ def demo_config(
 ) -> Any:
     """What ``touchpoint demo`` publishes: fourteen days of touchpoints ending now, with
     the scripted incident on ``incident`` (a channel; None for none)."""
-    from streams.generator import GeneratorConfig, Incident
+    from streams.tools.generator import GeneratorConfig, Incident
 
     return GeneratorConfig(
         seed=seed,
@@ -132,27 +133,21 @@ def prepare_demo_dir(path: Path, cwd: Path | None = None) -> Path:
     return target
 
 
-def _say(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-
-
 # --- generate ----------------------------------------------------------------------------
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Publish synthetic touchpoints to the configured Kafka."""
-    from streams.cli import _settings, _wait_for_kafka
-    from streams.generator import (
+    from streams.runtime.topics import ensure_topics
+    from streams.tools.generator import (
         GeneratorConfig,
         Incident,
         benchmark_events,
         generate,
         publish,
     )
-    from streams.topics import ensure_topics
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     if args.benchmark:
         messages = benchmark_events(args.seed, args.events, args.customers)
     else:
@@ -170,14 +165,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
 
     async def run() -> Any:
-        await _wait_for_kafka(settings, args.connect_timeout)
+        await wait_for_kafka(settings, args.connect_timeout)
         await ensure_topics(settings, [f"touchpoints.{c}" for c in CHANNELS])
         return await publish(
             messages,
             settings.kafka_bootstrap,
             rate=args.rate,
             compression=args.compression,
-            progress=lambda n: _say(f"published {n:,} / {args.events:,}"),
+            progress=lambda n: say(f"published {n:,} / {args.events:,}"),
             producer_options=settings.kafka_client_options(),
         )
 
@@ -293,7 +288,7 @@ def _wait(predicate: Callable[[], bool], worker: _WorkerProcess, timeout: float,
         if worker.proc.poll() is not None:
             raise SystemExit(f"the worker exited while waiting for {what}:\n{worker.tail()}")
         if report and time.monotonic() - last_report > 2:
-            _say(report())
+            say(report())
             last_report = time.monotonic()
         time.sleep(0.2)
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}:\n{worker.tail()}")
@@ -304,9 +299,9 @@ def _wait(predicate: Callable[[], bool], worker: _WorkerProcess, timeout: float,
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Broker, ClickHouse, worker and generator on embedded infrastructure."""
-    from streams.embedded.clickhouse import EmbeddedClickHouse
-    from streams.embedded.kafka import ApacheKafka, Tansu, java_available
-    from streams.generator import generate, publish
+    from streams.tools.embedded.clickhouse import EmbeddedClickHouse
+    from streams.tools.embedded.kafka import ApacheKafka, Tansu, java_available
+    from streams.tools.generator import generate, publish
 
     try:
         home = prepare_demo_dir(Path(args.dir))
@@ -314,18 +309,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise SystemExit(f"touchpoint demo: {exc}") from None
     with ExitStack() as stack:
         use_kafka = args.broker == "kafka" or (args.broker == "auto" and java_available())
-        _say("starting " + ("Apache Kafka" if use_kafka else "Tansu") + " ...")
+        say("starting " + ("Apache Kafka" if use_kafka else "Tansu") + " ...")
         broker = ApacheKafka(home / "kafka") if use_kafka else Tansu(home / "tansu")
         stack.enter_context(broker)
-        _say(f"  broker at {broker.bootstrap}")
-        _say("starting the embedded ClickHouse ...")
+        say(f"  broker at {broker.bootstrap}")
+        say("starting the embedded ClickHouse ...")
         clickhouse = stack.enter_context(EmbeddedClickHouse(home / "clickhouse"))
-        _say(f"  ClickHouse HTTP interface at {clickhouse.url}")
+        say(f"  ClickHouse HTTP interface at {clickhouse.url}")
         partitions = 4
         asyncio.run(
             _create_topics(broker.bootstrap, [f"touchpoints.{c}" for c in CHANNELS], partitions)
         )
-        _say("starting the worker ...")
+        say("starting the worker ...")
         worker = _WorkerProcess(
             _worker_env(
                 broker.bootstrap,
@@ -339,7 +334,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         stack.callback(worker.stop)
         worker.wait_ready()
-        _say(f"  worker ready; metrics at http://127.0.0.1:{worker.port}/metrics")
+        say(f"  worker ready; metrics at http://127.0.0.1:{worker.port}/metrics")
         config = demo_config(
             args.seed,
             args.events,
@@ -347,16 +342,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             duplicate_share=args.duplicate_share,
             incident=None if args.incident == "none" else args.incident,
         )
-        _say(f"publishing {args.events:,} touchpoints ...")
+        say(f"publishing {args.events:,} touchpoints ...")
         stats = asyncio.run(
             publish(
                 generate(config),
                 broker.bootstrap,
-                progress=lambda n: _say(f"  published {n:,}"),
+                progress=lambda n: say(f"  published {n:,}"),
                 progress_every=max(1000, args.events // 5),
             )
         )
-        _say(f"  published {stats.total:,} in {stats.seconds:.1f} s")
+        say(f"  published {stats.total:,} in {stats.seconds:.1f} s")
 
         def counts() -> dict[str, Any]:
             return worker.accounting() or {}
@@ -371,8 +366,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         totals = counts()
         client = _clickhouse_client(clickhouse.url)
 
+        from streams.runtime.topics import stitch_topic_name, uncommitted
         from streams.settings import Settings
-        from streams.topics import stitch_topic_name, uncommitted
 
         defaults = Settings.model_construct()  # what the demo's worker runs with
 
@@ -407,7 +402,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_identity_report(client))
         print(_scores_report(client))
         print(_alerts_report(client))
-        from streams.cli import write_report_file
+        from streams.operate.report import write_report_file
 
         report = home.resolve() / "report.html"
         write_report_file(defaults.model_copy(update={"clickhouse_url": clickhouse.url}), report)
@@ -418,7 +413,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "for queries until Ctrl-C)"
             )
         if args.keep_running:
-            _say("infrastructure keeps running; Ctrl-C stops everything")
+            say("infrastructure keeps running; Ctrl-C stops everything")
             try:
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -559,301 +554,3 @@ def _scores_report(client: Any) -> str:
     by_score = client.query(EFFORT_VS_CES_BY_SCORE.format(db="touchpoints")).result_rows
     lines += ["", format_effort_vs_ces(tuple(summary), [tuple(r) for r in by_score])]
     return "\n".join(lines)
-
-
-# --- benchmark ---------------------------------------------------------------------------
-
-
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    """Ceiling, bare Faust and this worker on the same broker and data, in one run."""
-    from streams.benchmark import BenchResult, run_ceiling, run_faust_floor
-    from streams.embedded.clickhouse import EmbeddedClickHouse
-    from streams.embedded.kafka import ApacheKafka
-    from streams.generator import benchmark_events, publish
-
-    loops = set(args.loops)
-    if not loops or loops - set("abc"):
-        raise SystemExit("--loops takes letters among a, b and c, e.g. --loops abc or --loops c")
-    work = Path(tempfile.mkdtemp(prefix="touchpoint-bench-"))
-    channels = ["web", "mobile_app", "email", "call_center"]
-    topics = [f"touchpoints.{c}" for c in channels]
-    results: dict[str, BenchResult] = {}
-    customers_stored: int | None = None
-    latency: Any = None
-
-    def events(count: int) -> Any:
-        return benchmark_events(
-            args.seed, count, args.customers, every_customer=args.every_customer
-        )
-
-    try:
-        with (
-            ApacheKafka(work / "kafka", heap="1g") as kafka,
-            EmbeddedClickHouse(work / "clickhouse") as clickhouse,
-        ):
-            asyncio.run(_create_topics(kafka.bootstrap, topics, args.partitions))
-            _say(f"publishing {args.events:,} events over {args.customers:,} customers ...")
-            stats = asyncio.run(
-                publish(
-                    events(args.events),
-                    kafka.bootstrap,
-                    compression="lz4",
-                    progress=lambda n: _say(f"  published {n:,}"),
-                    progress_every=50_000,
-                )
-            )
-            size = sum(len(m.value) for m in events(2000))
-            _say(
-                f"  {stats.total:,} events (~{size / 2000:.0f} bytes each) in {stats.seconds:.1f} s"
-            )
-
-            if "a" in loops:
-                _say("(a) ceiling: aiokafka getmany + orjson ...")
-                results["a"] = asyncio.run(run_ceiling(kafka.bootstrap, topics, args.events))
-                _say(f"    {results['a'].rate:,.0f} events/s")
-            if "b" in loops:
-                _say("(b) bare Faust agent ...")
-                results["b"] = run_faust_floor(kafka.bootstrap, topics, args.events, work / "faust")
-                _say(f"    {results['b'].rate:,.0f} events/s")
-            if "c" in loops:
-                _say("(c) this worker: validated, stitched, scored, into ClickHouse ...")
-                results["c"], customers_stored = _bench_worker(
-                    kafka.bootstrap, clickhouse.url, args, work
-                )
-                _say(f"    {results['c'].rate:,.0f} events/s, {customers_stored:,} customers")
-            if args.latency:
-                offered = args.latency_rate or 0.75 * (results["c"].rate if "c" in results else 0)
-                if offered <= 0:
-                    raise SystemExit("--latency needs loop c in the run, or --latency-rate")
-                _say(f"alert latency: {offered:,.0f} events/s for {args.latency_seconds:.0f} s ...")
-                latency = _bench_alert_latency(
-                    kafka.bootstrap, clickhouse.url, offered, args.latency_seconds, args, work
-                )
-                _say(
-                    f"    p50 {latency.p50_s:.2f} s, p99 {latency.p99_s:.2f} s "
-                    f"({latency.delivered:,} of {latency.tipping:,} detractor answers)"
-                )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    report: dict[str, Any] = {
-        "events": args.events,
-        "customers": args.customers,
-        "every_customer": args.every_customer,
-        "partitions": args.partitions,
-        "customers_stored": customers_stored,
-        "results": {k: {**asdict(r), "events_per_s": round(r.rate)} for k, r in results.items()},
-    }
-    ratios = [
-        (f"{x}/{y}", results[x].rate / results[y].rate)
-        for x, y in (("c", "a"), ("c", "b"), ("b", "a"))
-        if x in results and y in results and results[y].rate
-    ]
-    report.update({name.replace("/", "_over_"): round(r, 3) for name, r in ratios})
-    if latency is not None:
-        report["alert_latency"] = asdict(latency)
-    lines = [
-        "",
-        f"{'loop':<56} {'events/s':>10} {'peak RSS MiB':>13}",
-        *(
-            f"({k}) {r.name:<52} {r.rate:>10,.0f} {r.peak_rss_mib:>13.0f}"
-            for k, r in sorted(results.items())
-        ),
-        "",
-        "   ".join(f"{name} = {r:.3f}" for name, r in ratios),
-    ]
-    if customers_stored is not None:
-        lines.append(f"customers in the worker's state and in customer_360: {customers_stored:,}")
-    if latency is not None:
-        lines.append(
-            f"alert latency at {latency.rate:,.0f} events/s offered: p50 {latency.p50_s:.2f} s, "
-            f"p99 {latency.p99_s:.2f} s, max {latency.max_s:.2f} s "
-            f"({latency.delivered:,} of {latency.tipping:,} detractor answers delivered)"
-        )
-    print("\n".join(lines))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def _bench_worker(
-    bootstrap: str, clickhouse_url: str, args: argparse.Namespace, work: Path
-) -> tuple[Any, int]:
-    """(c): from the worker's first consumed event until ClickHouse holds every event and
-    every customer's journey; returns the result and how many customers it stitched."""
-    from streams.benchmark import BenchResult, peak_rss_mib
-
-    worker = _WorkerProcess(
-        _worker_env(
-            bootstrap,
-            clickhouse_url,
-            work / "state",
-            TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
-            TOUCHPOINT_APP_ID="bench-worker",
-            TOUCHPOINT_LOG_LEVEL="WARNING",
-            # every benchmark event lies in the past; flag them, as in production
-            TOUCHPOINT_MAX_AGE_S=str(10 * 365 * 86400),
-        ),
-        work / "worker.log",
-    )
-    try:
-        worker.wait_ready()
-        client = _clickhouse_client(clickhouse_url)
-        first = 0.0
-        deadline = time.monotonic() + 3600
-        while time.monotonic() < deadline:
-            totals = worker.accounting() or {}
-            if not first and totals.get("consumed", 0) > 0:
-                first = time.perf_counter()
-            if totals.get("consumed", 0) >= args.events:
-                break
-            if worker.proc.poll() is not None:
-                raise SystemExit(f"the worker exited:\n{worker.tail()}")
-            time.sleep(0.05)
-        while time.monotonic() < deadline:
-            events = client.query("SELECT count() FROM touchpoints.events_store")
-            # the journeys are stored in the same flush as their events; checked once those are in
-            if events.result_rows[0][0] >= args.events:
-                journeys = client.query("SELECT sum(touchpoints) FROM touchpoints.customer_360")
-                if journeys.result_rows[0][0] >= args.events:
-                    break
-            if worker.proc.poll() is not None:
-                raise SystemExit(f"the worker exited:\n{worker.tail()}")
-            time.sleep(0.05)
-        else:
-            raise SystemExit(f"the worker did not finish within the hour:\n{worker.tail()}")
-        elapsed = time.perf_counter() - first
-        rss = peak_rss_mib(worker.proc.pid)
-        customers = client.query("SELECT count() FROM touchpoints.customer_360").result_rows[0][0]
-    finally:
-        worker.stop()
-    name = "this worker: stitched, scored, in ClickHouse"
-    return BenchResult(name, args.events, elapsed, rss), int(customers)
-
-
-def _bench_alert_latency(
-    bootstrap: str,
-    clickhouse_url: str,
-    rate: float,
-    seconds: float,
-    args: argparse.Namespace,
-    work: Path,
-) -> Any:
-    """A fresh worker with a webhook endpoint on loopback, offered ``rate`` events/s live."""
-    import base64
-
-    from streams.benchmark import alert_latency
-
-    topics = ["touchpoints.lat_web", "touchpoints.lat_call_center"]
-    asyncio.run(_create_topics(bootstrap, topics, args.partitions))
-    port = free_port()
-    endpoint = {
-        "name": "bench",
-        "url": f"http://127.0.0.1:{port}/hook",
-        "types": ["customer.detractor"],
-        "allow_http": True,
-        "allow_private": True,
-    }
-    worker = _WorkerProcess(
-        _worker_env(
-            bootstrap,
-            clickhouse_url,
-            work / "latency-state",
-            TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
-            TOUCHPOINT_APP_ID="bench-latency",
-            TOUCHPOINT_TOPIC_PATTERN=r"^touchpoints\.lat_[a-z0-9_]+$",
-            TOUCHPOINT_CLICKHOUSE_DATABASE="touchpoints_latency",
-            TOUCHPOINT_ALERTS_TOPIC="touchpoints.bench-latency-alerts",
-            TOUCHPOINT_MERGES_TOPIC="touchpoints.bench-latency-merges",
-            TOUCHPOINT_ALERTS=json.dumps({"endpoints": [endpoint]}),
-            TOUCHPOINT_WEBHOOK_SECRET_BENCH="whsec_" + base64.b64encode(os.urandom(32)).decode(),
-            TOUCHPOINT_LOG_LEVEL="WARNING",
-        ),
-        work / "latency-worker.log",
-    )
-    try:
-        worker.wait_ready()
-        return asyncio.run(alert_latency(bootstrap, topics, rate, seconds, port))
-    finally:
-        worker.stop()
-
-
-# --- registration ------------------------------------------------------------------------
-
-
-def register(add: Callable[..., Any]) -> None:
-    """Add the commands to the ``touchpoint`` parser."""
-    generate = add("generate", cmd_generate, "publish realistic synthetic touchpoints to Kafka")
-    generate.add_argument("--events", type=int, default=10_000, help="how many (default 10000)")
-    generate.add_argument("--customers", type=int, default=1_000, help="population size")
-    generate.add_argument("--seed", type=int, default=7, help="same seed, same events")
-    generate.add_argument("--days", type=float, default=14, help="event-time span, ending now")
-    generate.add_argument("--rate", type=float, default=None, help="events per second cap")
-    generate.add_argument("--bad-share", type=float, default=0.0, help="share of broken messages")
-    generate.add_argument("--duplicate-share", type=float, default=0.0, help="share of re-sends")
-    generate.add_argument("--compression", choices=["gzip", "snappy", "lz4", "zstd"], default=None)
-    generate.add_argument(
-        "--incident",
-        metavar="CHANNEL",
-        default=None,
-        help="script an incident: from 60%% of the span, for three days, this channel's "
-        "contacts go badly and its answers fall (default: none)",
-    )
-    generate.add_argument(
-        "--benchmark", action="store_true", help="simple ~300-byte events (as the benchmark)"
-    )
-    generate.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for the brokers to answer before giving up",
-    )
-
-    demo = add("demo", cmd_demo, "everything on embedded infrastructure, one command")
-    demo.add_argument("--events", type=int, default=20_000, help="touchpoints to publish")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--bad-share", type=float, default=0.02, help="share of broken messages")
-    demo.add_argument("--duplicate-share", type=float, default=0.01, help="share of re-sends")
-    demo.add_argument(
-        "--broker",
-        choices=["auto", "tansu", "kafka"],
-        default="tansu",
-        help="tansu (no JVM, default), kafka (Apache Kafka, needs Java), or auto",
-    )
-    demo.add_argument(
-        "--incident",
-        metavar="CHANNEL",
-        default="mobile_app",
-        help="the channel of the scripted incident the alerts must notice "
-        "(default mobile_app; none for no incident)",
-    )
-    demo.add_argument(
-        "--dir",
-        default="var/demo",
-        help="working directory: created, or emptied if an earlier demo created it; any "
-        "other non-empty directory is refused",
-    )
-    demo.add_argument(
-        "--keep-running", action="store_true", help="keep everything up for queries until Ctrl-C"
-    )
-
-    bench = add("benchmark", cmd_benchmark, "ceiling vs bare Faust vs this worker, one run")
-    bench.add_argument("--events", type=int, default=200_000)
-    bench.add_argument("--customers", type=int, default=100_000)
-    bench.add_argument("--partitions", type=int, default=4)
-    bench.add_argument("--seed", type=int, default=1)
-    bench.add_argument("--json", help="also write the results to this file")
-    bench.add_argument(
-        "--loops", default="abc", help="which loops to run: any of a, b, c (default abc)"
-    )
-    bench.add_argument(
-        "--latency",
-        action="store_true",
-        help="also time alerts: detractor answer sent to webhook received, at 75%% of (c)'s rate",
-    )
-    bench.add_argument("--latency-seconds", type=float, default=60.0, help="how long to offer")
-    bench.add_argument("--latency-rate", type=float, default=None, help="events/s to offer")
-    bench.add_argument(
-        "--every-customer",
-        action="store_true",
-        help="show every customer at least once (to measure memory for the whole population)",
-    )

@@ -49,7 +49,7 @@ from typing import Any
 import orjson
 
 from sinks.truth import Difference, truth_checks
-from streams.reconcile import reconcile
+from streams.runtime.reconcile import reconcile
 from streams.tools.workers import WorkerProcess
 
 __all__ = [
@@ -325,8 +325,8 @@ class FaultRun:
     # -- the stack ----------------------------------------------------------------------
 
     async def _start_stack(self) -> None:
-        from streams.embedded.clickhouse import EmbeddedClickHouse
-        from streams.embedded.kafka import ApacheKafka
+        from streams.tools.embedded.clickhouse import EmbeddedClickHouse
+        from streams.tools.embedded.kafka import ApacheKafka
 
         self.work.mkdir(parents=True, exist_ok=True)
         self.kafka = ApacheKafka(self.work / "kafka", partitions=PARTITIONS, heap="512m")
@@ -384,7 +384,7 @@ class FaultRun:
     # -- publishing ---------------------------------------------------------------------
 
     def _messages(self) -> list[tuple[str, int, bytes | None, bytes, list[Any], int | None]]:
-        from streams.generator import GeneratorConfig, generate
+        from streams.tools.generator import GeneratorConfig, generate
 
         now = datetime.now(UTC)
         config = GeneratorConfig(
@@ -585,7 +585,7 @@ class FaultRun:
         ]
 
     async def _drain(self) -> bool:
-        from streams.topics import uncommitted
+        from streams.runtime.topics import uncommitted
 
         deadline = time.monotonic() + self.profile.drain_timeout_s
         quiet = 0
@@ -693,8 +693,8 @@ class FaultRun:
         return records
 
     async def _check(self) -> None:
-        from streams.app import ingest_rules
-        from streams.identifiers import normalise_identifiers
+        from streams.domain.identifiers import normalise_identifiers
+        from streams.runtime.app import ingest_rules
         from streams.settings import Settings
 
         records = await self._read_back()

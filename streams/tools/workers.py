@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.embedded.process import free_port
+from streams.tools.embedded.process import free_port
 
 __all__ = ["WorkerProcess"]
 

@@ -11,7 +11,7 @@ import clickhouse_connect
 import pytest
 
 from sinks.migrations import migrate
-from streams.embedded.clickhouse import EmbeddedClickHouse
+from streams.tools.embedded.clickhouse import EmbeddedClickHouse
 
 __all__ = ["clickhouse_client", "clickhouse_database", "clickhouse_server"]
 

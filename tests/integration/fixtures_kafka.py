@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded.kafka import ApacheKafka, java_available
+from streams.tools.embedded.kafka import ApacheKafka, java_available
 
 __all__ = ["kafka_bootstrap", "kafka_broker"]
 

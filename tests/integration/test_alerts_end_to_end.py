@@ -16,8 +16,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.commands import DEMO_ALERTS, demo_config
-from streams.generator import GeneratedMessage, generate, publish
+from streams.tools.demo import DEMO_ALERTS, demo_config
+from streams.tools.generator import GeneratedMessage, generate, publish
 from tests.integration.test_worker_end_to_end import (
     Stack,
     ch,

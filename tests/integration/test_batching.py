@@ -25,7 +25,7 @@ _APP = textwrap.dedent(
     import asyncio, json, os, sys, time
     import faust
     from aiokafka import TopicPartition
-    from streams.batching import BatchingApp, RecordBatch
+    from streams.runtime.batching import BatchingApp, RecordBatch
 
     bootstrap, topic_name, group, total, skip_batch, workdir, reseek = sys.argv[1:8]
     total, skip_batch, reseek = int(total), int(skip_batch), reseek == "1"

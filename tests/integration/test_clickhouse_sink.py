@@ -20,8 +20,8 @@ from schemas.ingested import IngestedEvent, SourceRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.migrations import migrate
 from sinks.rows import dead_letter_row, event_row
-from streams.app import ingest_rules
-from streams.ingest import ingest
+from streams.domain.ingest import ingest
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded.kafka import java_available
+from streams.tools.embedded.kafka import java_available
 from streams.tools.faults import PROFILES, FaultRun
 
 pytestmark = pytest.mark.integration

@@ -25,9 +25,9 @@ from schemas.dead_letter import Reason, utf8_text
 from schemas.ingested import SourceRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.rows import dead_letter_row, to_ms
-from streams.app import ingest_rules
-from streams.dedup import DuplicateWindow
-from streams.ingest import Triage, triage
+from streams.domain.dedup import DuplicateWindow
+from streams.domain.ingest import Triage, triage
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings
 from tests.hostile_input import CORPUS, NOW_MS, hostile_values, record_parts
 

@@ -23,9 +23,9 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.embedded.clickhouse import EmbeddedClickHouse
-from streams.embedded.kafka import ApacheKafka, java_available
-from streams.embedded.process import free_port
+from streams.tools.embedded.clickhouse import EmbeddedClickHouse
+from streams.tools.embedded.kafka import ApacheKafka, java_available
+from streams.tools.embedded.process import free_port
 from streams.tools.workers import WorkerProcess
 from tests.integration.test_worker_end_to_end import produce
 
@@ -193,8 +193,8 @@ _CRASHING_APP = textwrap.dedent(
     """
     import sys
     from mode import CrashingSupervisor
-    from streams.batching import BatchingApp
-    from streams.lifecycle import SupervisedWorker
+    from streams.runtime.batching import BatchingApp
+    from streams.runtime.lifecycle import SupervisedWorker
 
     bootstrap, topic_name, workdir = sys.argv[1:4]
     app = BatchingApp("crash-" + topic_name, broker=f"kafka://{bootstrap}", store="memory://",

@@ -4,7 +4,7 @@
 broker's own jars are fetched; the build is cached outside the repository) and
 ``examples/producers/go`` with the Go toolchain (franz-go from the Go module proxy,
 ``go vet`` first). Each publishes to the session's Apache Kafka broker; every record it
-wrote must be an event ``streams.ingest`` accepts, keyed by the customer's CRM id.
+wrote must be an event ``streams.domain.ingest`` accepts, keyed by the customer's CRM id.
 Like the broker, these skip on a laptop without the toolchain and fail in CI.
 """
 
@@ -23,10 +23,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.ingested import IngestedEvent, SourceRecord
-from streams.app import ingest_rules
-from streams.embedded.kafka import cache_dir
-from streams.ingest import ingest
+from streams.domain.ingest import ingest
+from streams.runtime.app import ingest_rules
 from streams.settings import Settings
+from streams.tools.embedded.kafka import cache_dir
 from tests.integration.kafka_records import end_offsets, records_after
 
 pytestmark = pytest.mark.integration

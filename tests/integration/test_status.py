@@ -133,7 +133,7 @@ async def test_a_database_that_was_never_migrated_is_unhealthy(stack: Stack) -> 
 async def test_an_unreachable_clickhouse_fails_the_check_and_names_the_setting(
     stack: Stack,
 ) -> None:
-    from streams.embedded.process import free_port
+    from streams.tools.embedded.process import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     result = status(stack, TOUCHPOINT_CLICKHOUSE_URL=url)

@@ -16,7 +16,7 @@ from schemas.alerts import Alert
 from sinks.alerts import ClickHouseLedger, alert_row
 from sinks.clickhouse import ClickHouseSink
 from sinks.webhooks import Deliverer, Outcome
-from streams.metrics import WorkerMetrics
+from streams.runtime.metrics import WorkerMetrics
 from tests.standard_webhooks import verify
 from tests.webhook_receiver import Receiver, Reply
 

@@ -26,8 +26,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.embedded.process import free_port
-from streams.topics import uncommitted
+from streams.runtime.topics import uncommitted
+from streams.tools.embedded.process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -398,7 +398,7 @@ async def test_events_from_the_java_client_are_accepted(
     stack: Stack, ch: Any, kafka_broker: Any, codec: str
 ) -> None:
     """Any producer works: here Apache Kafka's own console producer (the Java client)."""
-    from streams.embedded.kafka import fetch_kafka_jars
+    from streams.tools.embedded.kafka import fetch_kafka_jars
 
     web = channel_topic(stack, "web")
     await create_topics(stack, [web])

@@ -26,8 +26,8 @@ import pytest
 from faust.web import base as faust_web
 from mode.utils.imports import symbol_by_name
 
-from streams.topics import DEDUP_TABLE, IDENTITY_TABLE
-from streams.web import PAGES
+from streams.runtime.topics import DEDUP_TABLE, IDENTITY_TABLE
+from streams.runtime.web import PAGES
 from tests.integration.test_worker_end_to_end import (
     RunningWorker,
     Stack,

