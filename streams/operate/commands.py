@@ -85,7 +85,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.runtime.topics import (
         discover_input_topics,
         ensure_changelog_topics,
-        ensure_stitch_topic,
+        ensure_internal_topics,
         ensure_topics,
     )
 
@@ -94,7 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await ensure_topics(
             settings, [settings.dlq_topic, settings.alerts_topic, settings.merges_topic]
         )
-        await ensure_stitch_topic(settings)
+        await ensure_internal_topics(settings)
         await ensure_changelog_topics(settings)
         found = await discover_input_topics(settings)
         for name, count in found.refused.items():
@@ -183,7 +183,7 @@ async def _erase(settings: Settings, kind: str, value: str, wait_s: float) -> di
 
     from streams.domain.identifiers import normalise_identifiers
     from streams.runtime.app import ingest_rules, open_clickhouse
-    from streams.runtime.topics import stitch_topic_name
+    from streams.runtime.topics import resolve_topic_name
 
     normalised = normalise_identifiers({kind: value}, ingest_rules(settings).identifiers)
     if kind not in normalised.kept:
@@ -203,7 +203,7 @@ async def _erase(settings: Settings, kind: str, value: str, wait_s: float) -> di
     await producer.start()
     try:
         await producer.send_and_wait(
-            stitch_topic_name(settings), orjson.dumps(request), partition=0
+            resolve_topic_name(settings), orjson.dumps(request), partition=0
         )
     finally:
         await producer.stop()

@@ -132,8 +132,13 @@ class Owner:
                 return  # revoked meanwhile: the next owner replays this batch
             self._sending = sending = asyncio.get_running_loop().create_future()
             try:
+                # what the batch sent first: the state says it was sent (a replay from
+                # the changelog skips what the state vouches for)
+                await asyncio.gather(*sends)
+                if self.fenced:
+                    return
                 written = await send_changelog(self.table, self.partition, encoded)
-                await asyncio.gather(*written, *sends)
+                await asyncio.gather(*written)
             except Exception as exc:  # committing after this would lose the state change
                 logger.critical(
                     "persisting %s partition %d failed, stopping: %s",

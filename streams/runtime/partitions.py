@@ -89,7 +89,7 @@ class CustomerPartition(Owner):
 
         def read_gone(customer_id: str) -> Gone | None:
             value = store.get(f"g/{customer_id}")
-            return None if value is None else tuple(orjson.loads(value))  # type: ignore[return-value]
+            return None if value is None else tuple(orjson.loads(value))
 
         def read_case(customer_id: str, case_id: str) -> list[Any] | None:
             value = store.get(f"k/{customer_id}/{case_id}")

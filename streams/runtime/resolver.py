@@ -137,6 +137,13 @@ class ResolverOwner(Owner):
         }
         return resolved
 
+    def progress_due(self) -> bool:
+        """Whether the resolver's progress moved on since it was last sent."""
+        if self.watermarks is None:
+            return False
+        complete_to = self.watermarks.complete_to(self.idle_s)
+        return complete_to is not None and complete_to != self.progress_sent
+
     def progress(self) -> tuple[int | None, dict[int, list[bytes]]]:
         """A tick: the resolver's progress, to every partition, when it moved on."""
         complete_to = self._load().complete_to(self.idle_s)
