@@ -132,10 +132,11 @@ class Lookout:
 
     def complete_to(self) -> int | None:
         """The event time every partition has reported complete (None until each has)."""
-        marks = [self.progress.get(p, [0, None])[1] for p in range(self.partitions)]
-        if any(mark is None for mark in marks):
-            return None
-        return min(marks)
+        marks: list[int | None] = [
+            self.progress.get(p, [0, None])[1] for p in range(self.partitions)
+        ]
+        known = [mark for mark in marks if mark is not None]
+        return min(known) if len(known) == len(marks) and known else None
 
     def look(self, wall_s: float, now_ms: int) -> list[Alert]:
         """Significant drops and recoveries, looked at every step of event time since the

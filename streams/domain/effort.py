@@ -31,9 +31,9 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_ASSISTED_CHANNELS",
-    "CaseKey",
     "WEIGHTS",
     "CaseBook",
+    "CaseKey",
     "Contact",
     "EffortRules",
     "points",

@@ -251,7 +251,9 @@ class Resolver:
                 else:
                     other = self._create(kind, value)
                     refusals.append(
-                        Refusal(event_id, kind, value, current.customer_id, other.customer_id, reason)
+                        Refusal(
+                            event_id, kind, value, current.customer_id, other.customer_id, reason
+                        )
                     )
                 continue
             owner = self._must(owner_id)

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.clickhouse import EVENT_COLUMNS
-from schemas.customer import Merge
+from schemas.customer import Merge, Refusal
 from sinks.rows import (
     CUSTOMER_ID_COLUMN,
     alias_rows,
@@ -147,24 +147,28 @@ def resolve_records(
     """
     out = ResolveOutput()
     items = out.items
-    refusals = []
+    refusals: list[Refusal] = []
     duplicates: list[tuple[Any, ...]] = []
     for offset, rows in records:
         for index, row in enumerate(rows):
             event_id = row[_EVENT_ID]
+            origin = origin_of(row[_SOURCE_TOPIC], row[_SOURCE_PARTITION], row[_SOURCE_OFFSET])
             first = window.first(event_id)
-            if first is not None and first[0] == topic and first[2] == offset:
+            if first == (topic, 0, offset) and window.origin_of(event_id) == origin:
                 out.replayed += 1  # resolved, routed and stored before a restart
                 continue
-            origin = origin_of(row[_SOURCE_TOPIC], row[_SOURCE_PARTITION], row[_SOURCE_OFFSET])
-            repeat = window.seen(event_id, topic, 0, offset, origin)
+            # a repeat: the window holds the id from another record, or from another
+            # input message in this one
+            repeat = first is not None
+            if not repeat:
+                window.seen(event_id, topic, 0, offset, origin)
             at = row[_OCCURRED_AT]
             result = resolver.resolve(row[_IDENTIFIERS], event_id, at, count=not repeat)
             n = 0
             for merge in result.merges:
                 target = partition_of(merge.merged_from, partitions)
-                seq = seq_of(offset, index, n)
-                items.setdefault(target, []).append(["m", seq, merge.merged_from, merge.merged_into])
+                item = ["m", seq_of(offset, index, n), merge.merged_from, merge.merged_into]
+                items.setdefault(target, []).append(item)
                 n += 1
             out.merges.extend(result.merges)
             refusals.extend(result.refusals)
@@ -174,7 +178,8 @@ def resolve_records(
                     continue  # goes with the event itself
                 snapshot = _snapshot(resolver.identity(changed))
                 target = partition_of(changed, partitions)
-                items.setdefault(target, []).append(["i", seq_of(offset, index, n), changed, snapshot])
+                item = ["i", seq_of(offset, index, n), changed, snapshot]
+                items.setdefault(target, []).append(item)
                 n += 1
             if repeat:
                 out.duplicates += 1
@@ -188,9 +193,7 @@ def resolve_records(
                 row[_FLAGS] = [*row[_FLAGS], FLAG_LATE]
                 out.late += 1
             snapshot = (
-                _snapshot(resolver.identity(customer_id))
-                if customer_id in result.changed
-                else None
+                _snapshot(resolver.identity(customer_id)) if customer_id in result.changed else None
             )
             target = partition_of(customer_id, partitions)
             items.setdefault(target, []).append(["e", seq_of(offset, index, n), row, snapshot])
