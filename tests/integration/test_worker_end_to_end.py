@@ -174,13 +174,14 @@ async def settled(
     stack: Stack, topics: list[str], worker: RunningWorker, timeout: float = 90.0
 ) -> None:
     """Wait until the workers have committed every record of these topics and of the
-    stitch topic.
+    internal topics (resolve, customers, tallies).
 
     A worker commits an offset only once the rows it produced are stored in every table
     (tables are written one after the other), so a count in one table is no sign that
     the others are complete; committed offsets at the end of every partition are.
     """
-    names = [*topics, f"{stack.env['TOUCHPOINT_APP_ID']}-stitch"]
+    app_id = stack.env["TOUCHPOINT_APP_ID"]
+    names = [*topics, f"{app_id}-resolve", f"{app_id}-customers", f"{app_id}-tallies"]
     behind: dict[tuple[str, int], tuple[int, int]] = {}
 
     async def caught_up() -> bool:
