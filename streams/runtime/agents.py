@@ -179,7 +179,9 @@ def register_agents(worker: Worker) -> None:
             try:
                 await _resolve_batch(worker, owner, sink, batch, event)
             except Fenced:
-                logger.warning("resolve batch at offset %d dropped: partition revoked", batch.last_offset)
+                logger.warning(
+                    "resolve batch at offset %d dropped: partition revoked", batch.last_offset
+                )
                 continue
             metrics.stitch_lag.set(time.perf_counter() - started)
 
@@ -426,7 +428,9 @@ async def _resolve_erase(
     state, item, partition = owner.erase(request, offset)
     if item is None:
         # nobody holds the identifier: nothing to delete, the erasure is recorded as done
-        await _erase_rows(worker, sink, {**request, "ids": [], "removed": 0}, int(time.time() * 1000))
+        await _erase_rows(
+            worker, sink, {**request, "ids": [], "removed": 0}, int(time.time() * 1000)
+        )
         return
     record = owner.erase_record(item, offset)
     sends = [await _send(worker, worker.customers_topic_name, record, partition)]
@@ -453,7 +457,11 @@ async def _customers_batch(
     rows_stored = asyncio.Event()
     if out.erasures:
         # the state's tombstones first, then the rows: a replay re-deletes, never restores
-        await sink.add(out.rows, on_stored=rows_stored.set, token=f"customers:{owner.partition}:{batch.first_offset}@{now_ms}")
+        await sink.add(
+            out.rows,
+            on_stored=rows_stored.set,
+            token=f"customers:{owner.partition}:{batch.first_offset}@{now_ms}",
+        )
         await owner.persist(processed.state, after=rows_stored, sends=sends)
         for request in out.erasures:
             await _erase_rows(worker, sink, request, now_ms)

@@ -250,6 +250,7 @@ def create_worker(
         partitions=settings.topic_partitions,
         help="Event ids accepted recently, one entry per input batch (the duplicate window).",
     )
+
     def internal_topic(name: str, partitions: int) -> Any:
         return app.topic(
             name,

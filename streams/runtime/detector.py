@@ -16,7 +16,7 @@ from schemas.alerts import Alert
 from streams.domain.detect import Lookout, decode_tallies
 from streams.runtime.owners import Owner
 
-__all__ = ["Detector", "LOOKOUT_KEY"]
+__all__ = ["LOOKOUT_KEY", "Detector"]
 
 LOOKOUT_KEY = "w/lookout"
 
@@ -51,7 +51,9 @@ class Detector(Owner):
             )
         return self.lookout
 
-    def take(self, values: Sequence[bytes]) -> tuple[int, list[Alert], list[tuple[str, bytes | None]]]:
+    def take(
+        self, values: Sequence[bytes]
+    ) -> tuple[int, list[Alert], list[tuple[str, bytes | None]]]:
         """Add the tallies messages and look at the scores: how many records were new,
         the alerts that fire, the state to persist."""
         self.check()
@@ -60,7 +62,9 @@ class Detector(Owner):
         for value in values:
             partition, complete_to, entries = decode_tallies(value)
             added += lookout.add(partition, complete_to, entries)
-        alerts = lookout.look(time.monotonic(), int(time.time() * 1000)) if self.rule.enabled else []
+        alerts = (
+            lookout.look(time.monotonic(), int(time.time() * 1000)) if self.rule.enabled else []
+        )
         state: list[tuple[str, bytes | None]] = []
         if lookout.changed:
             state.append((LOOKOUT_KEY, lookout.state()))

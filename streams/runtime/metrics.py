@@ -155,7 +155,10 @@ class WorkerMetrics:
             registry=r,
         )
         self.alerts_fired = Counter(
-            "touchpoint_alerts_fired", "Alerts fired by the customer partitions and the detector", ["type"], registry=r
+            "touchpoint_alerts_fired",
+            "Alerts fired by the customer partitions and the detector",
+            ["type"],
+            registry=r,
         )
         self.alert_deliveries = Counter(
             "touchpoint_alert_deliveries",

@@ -68,7 +68,7 @@ class PartitionStore:
         """The keys of this partition that start with ``prefix``, in order."""
         store = self._store
         if not self._rocks:
-            yield from sorted(k for k in self.table.keys() if isinstance(k, str) and k.startswith(prefix))
+            yield from sorted(k for k in self.table if isinstance(k, str) and k.startswith(prefix))
             return
         db = store._db_for_partition(self.partition)
         for raw in db.keys(from_key=store._encode_key(prefix)):

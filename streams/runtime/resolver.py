@@ -21,7 +21,7 @@ from streams.domain.resolve import ResolveOutput, partition_of, resolve_records,
 from streams.domain.scores import Watermarks
 from streams.runtime.owners import Owner
 
-__all__ = ["ResolverOwner", "Resolved", "encode_records"]
+__all__ = ["Resolved", "ResolverOwner", "encode_records"]
 
 #: Key of the input partitions' event-time watermarks.
 WATERMARKS_KEY = "w/event_time"
