@@ -369,7 +369,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     known = {"a", "b", "r", "c1", "c2"}
     if not loops or loops - known:
         raise SystemExit(
-            "--loops takes a comma-separated list among a, b, r, c1 and c2, e.g. --loops c1,c2"
+            "--only takes a comma-separated list among a, b, r, c1 and c2, e.g. --only c1,c2"
         )
     work = Path(tempfile.mkdtemp(prefix="touchpoint-bench-"))
     channels = ["web", "mobile_app", "email", "call_center"]

@@ -129,10 +129,13 @@ def register(add: Callable[..., Any]) -> None:
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--json", help="also write the results to this file")
     bench.add_argument(
-        "--loops",
+        "--only",
+        dest="loops",
         default="a,b,r,c1,c2",
         help="which loops to run, comma-separated: a (ceiling), b (bare Faust), r (the "
-        "resolver alone), c1 and c2 (this worker with one and two processes); default all",
+        "resolver alone), c1 and c2 (this worker with one and two processes); default all "
+        "(the option is not called --loops: Faust takes any argument starting with --loop "
+        "as its event loop)",
     )
     bench.add_argument(
         "--latency",
