@@ -221,6 +221,13 @@ class Settings(BaseSettings):
         ge=6,
         description="a worker that stops heart-beating this long loses its partitions",
     )
+    kafka_metadata_max_age_s: float = Field(
+        15.0,
+        ge=1,
+        description="how often a worker refreshes the cluster's topic metadata (seconds): "
+        "a worker that joined its group while topics were missing (a broker still starting) "
+        "takes its partitions at the next refresh",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a new consumer group starts on a partition"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from streams.runtime.app import ingest_rules
+from streams.runtime.app import create_worker, ingest_rules
 from streams.settings import Settings, load_settings
 
 
@@ -307,3 +307,16 @@ def test_ingest_rules_carry_the_configured_limits() -> None:
     assert rules.identifiers.blocked_values == frozenset({"guest"})
     assert rules.identifiers.blocked_patterns == (r"test-\d+",)
     assert rules.identifiers.default_phone_region == "GB"
+
+
+@pytest.mark.parametrize(("seconds", "expected_ms"), [(None, 15_000), (4.5, 4_500)])
+def test_the_consumer_refreshes_topic_metadata_often(
+    tmp_path: Path, seconds: float | None, expected_ms: int
+) -> None:
+    """A group joined while a restarting broker reported every topic missing holds no
+    partitions until the consumer's metadata changes (a fault run idled five minutes,
+    Kafka's default refresh): the worker asks for it every 15 s unless told otherwise."""
+    extra = {} if seconds is None else {"kafka_metadata_max_age_s": seconds}
+    settings = Settings(data_dir=tmp_path, store="memory://", **extra)
+    worker = create_worker(settings, ("touchpoints.web",))
+    assert worker.app.conf.consumer_metadata_max_age_ms == expected_ms

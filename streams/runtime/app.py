@@ -219,6 +219,9 @@ def create_worker(
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
         consumer_auto_offset_reset=settings.auto_offset_reset,
+        # a group joined while the broker reported the topics missing holds no partitions
+        # until the metadata changes: refresh it often (Kafka's default is 5 minutes)
+        consumer_metadata_max_age_ms=int(settings.kafka_metadata_max_age_s * 1000),
         # a queued item is a whole record batch; a few suffice to keep the agent busy
         stream_buffer_maxsize=8,
         producer_acks=-1,

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from schemas.clickhouse import migrations
 from tests.integration import test_worker_end_to_end as e2e
 from tests.integration.test_worker_end_to_end import (
     PARTITIONS,
@@ -78,11 +79,14 @@ async def test_status_is_healthy_then_says_why_it_is_not(stack: Stack) -> None:
             "sink_backlog": "ok",
             "alert_queues": "ok",
             "accounting": "ok",
+            "reconciliation": "ok",
         }
+        assert checks["reconciliation"]["details"]["unaccounted_offsets"] == {}
         assert checks["input_topics"]["details"]["read"] == [web]
         assert set(checks["consumer_lag"]["details"]["lag"].values()) == {0}
         assert checks["migrations"]["details"]["pending"] == []
-        assert 11 in checks["migrations"]["details"]["applied"]
+        shipped = [m.version for m in migrations()]
+        assert checks["migrations"]["details"]["applied"] == shipped
         assert checks["accounting"]["details"]["totals"]["consumed"] == 30
         assert checks["sink_backlog"]["details"]["pending_rows"] == {worker.web: 0}
         text = status(stack, "--worker", worker.web)
@@ -116,6 +120,7 @@ async def test_status_is_healthy_then_says_why_it_is_not(stack: Stack) -> None:
         assert checks["consumer_lag"]["level"] == "fail"
         assert checks["consumer_lag"]["details"]["lag"][web] == 20
         assert checks["accounting"]["level"] == "warn"  # nobody to ask
+        assert checks["reconciliation"]["level"] == "warn"
     finally:
         if not stopped:
             worker.stop()
