@@ -32,7 +32,9 @@ batch stitched again from the state before it decides exactly as it did the firs
 time, and a batch whose writes were cut short is repaired as it is replayed. Writes
 keep every prefix replayable: live customers, then identifier nodes, then deleted
 customers, so a node never points at a customer that is gone while its survivor's
-pointers are unwritten.
+pointers are unwritten. A prefix that ends before the deletions leaves the absorbed
+customer behind, unreachable (no node points at it, the replay finds the merge done);
+it is removed with its survivor on erasure (:meth:`Resolver.forget`).
 
 This module is pure: it reads state through two functions and keeps its writes in an
 overlay that the caller persists once per batch (:meth:`Resolver.changes`).
@@ -304,6 +306,12 @@ class Resolver:
             self._dirty_nodes.add(key)
         self._identities[customer_id] = None
         self._dirty.add(customer_id)
+        for absorbed in identity.absorbed:
+            # a merge whose writes a crash cut short before its deletions leaves the
+            # absorbed customer behind (no identifier points at it): it goes too
+            if self.identity(absorbed) is not None:
+                self._identities[absorbed] = None
+                self._dirty.add(absorbed)
         return removed
 
     # -- helpers -----------------------------------------------------------------------
