@@ -12,7 +12,10 @@ the ClickHouse rows (``events`` with the customer and journey stage, ``customer_
 resolve topic (:func:`streams.domain.resolve.seq_of`). A partition remembers the highest
 it applied (its *high-water mark*, stored with its state) and skips any item at or
 below it: the resolver sends the same items, with the same numbers, when it resolves
-records again after a restart.
+records again after a restart. A batch's state may also be persisted only in part (a
+crash between its changelog record batches) with the mark left behind: each customer
+keeps the sequence number of the last event applied to it, and the order of
+:func:`state_writes` keeps every prefix replayable.
 
 **Merges cross partitions.** When customer A merges into S, the resolver sends A's
 partition a merge item after every event it routed to A. A's partition then hands A
@@ -32,6 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from schemas.clickhouse import EVENT_COLUMNS
 from schemas.customer import Customer, customer_from_json, customer_to_json
 from sinks.rows import customer_row, deleted_customer_row
@@ -47,6 +52,7 @@ __all__ = [
     "PartitionRules",
     "ScoreRules",
     "process_records",
+    "state_writes",
     "touch_of",
 ]
 
@@ -156,8 +162,10 @@ class Handover:
         )
 
 
-#: A ``gone`` marker: (the customer it went into, "" when erased; the sequence number).
-Gone = tuple[str, int]
+#: A ``gone`` marker: the customer it went into ("" when erased), the sequence number
+#: of the merge or erasure, and the ids of the cases it took along (their removal is
+#: repeated when the item comes again over a state persisted in part).
+Gone = tuple[str, int, list[str]]
 
 
 class CustomerBook:
@@ -185,12 +193,24 @@ class CustomerBook:
     def gone(self, customer_id: str) -> Gone | None:
         if customer_id in self.gone_markers:
             return self.gone_markers[customer_id]
-        found = self.gone_markers[customer_id] = self._read_gone(customer_id)
+        found = self._read_gone(customer_id)
+        if found is not None and len(found) < 3:  # written without its cases
+            found = (found[0], found[1], [])
+        self.gone_markers[customer_id] = found
         return found
 
+    def left_after(self, customer_id: str, seq: int) -> bool:
+        """True when the customer was handed over or erased by an item after ``seq``:
+        an item at ``seq`` for it comes again from a batch whose state was persisted in
+        part, and was applied before the customer left."""
+        if self.customer(customer_id) is not None:
+            return False
+        marker = self.gone(customer_id)
+        return marker is not None and marker[1] > seq
+
     def live(self, customer_id: str, seq: int) -> Customer:
-        """The customer, created if new; a gone marker older than ``seq`` is lifted (the
-        id was created again after an erasure)."""
+        """The customer, created if new; a gone marker is lifted (the id was created
+        again after an erasure: callers check :meth:`left_after` first)."""
         customer = self.customer(customer_id)
         if customer is None:
             if self.gone(customer_id) is not None:
@@ -288,16 +308,25 @@ def process_records(
             hwm = seq
             if kind == "e":
                 row, snapshot = item[2], item[3]
-                customer = book.live(row[_CUSTOMER], seq)
-                if snapshot is not None:
-                    customer.identifiers, customer.absorbed = snapshot
-                customer.seq = seq
                 touch = touch_of(row)
-                apply(customer.journey, touch, rules.journey)
-                stage = customer.journey.stage
+                customer_id = row[_CUSTOMER]
+                # held already (the state of a batch cut short was persisted in part):
+                # not applied again, but its rows are written again as the first time
+                # (a record's score row replaces the one written then)
+                customer = (
+                    None if book.left_after(customer_id, seq) else book.live(customer_id, seq)
+                )
+                if customer is not None and snapshot is not None:
+                    customer.identifiers, customer.absorbed = snapshot
+                if customer is not None and seq > customer.seq:
+                    apply(customer.journey, touch, rules.journey)
+                    customer.seq = seq
+                    out.applied += 1
+                else:
+                    out.replayed += 1
+                stage = row[_STAGE] if customer is None else customer.journey.stage
                 row[_STAGE] = stage
                 events.append(row)
-                out.applied += 1
                 if first_event is None:
                     first_event = touch.event_id
                 late = FLAG_LATE in row[_FLAGS]
@@ -310,13 +339,13 @@ def process_records(
                         touch.survey_scale_max,
                         segments_of(touch.channel, stage, row[_CONTEXT], score.dimensions),
                         touch.event_id,
-                        customer.customer_id,
+                        customer_id,
                         touch.channel,
                     )
                     answers.append(answer)
                     if not late:
                         on_time.append(answer)
-                if is_contact(
+                if customer is not None and is_contact(
                     touch.channel,
                     touch.case_id,
                     any(row[i] is not None for i in _INTERACTION),
@@ -332,10 +361,17 @@ def process_records(
                             continue  # late: out of the rolling view
                         _add_effort(effort_view, changed, before, score)
             elif kind == "i":
-                customer = book.live(item[2], seq)
-                customer.identifiers, customer.absorbed = item[3]
+                if not book.left_after(item[2], seq):
+                    customer = book.live(item[2], seq)
+                    customer.identifiers, customer.absorbed = item[3]
             elif kind == "m":
-                _hand_over(item[2], item[3], seq, book, cases, rules, out, version)
+                if not book.left_after(item[2], seq - 1):
+                    _hand_over(item[2], item[3], seq, book, cases, rules, out, version)
+                else:  # handed over already (its state persisted in part): the cases go
+                    marker = book.gone(item[2])
+                    assert marker is not None
+                    for case_id in marker[2]:
+                        cases.take(item[2], case_id)
             elif kind == "x":
                 _erase(item[2], seq, book, cases, out)
         tallies = tally_answers(on_time, score.bucket_ms)
@@ -349,11 +385,11 @@ def process_records(
     out.cases = _touched_cases(touched, score.dimensions)
     customers = []
     for customer_id in book.dirty:
-        customer = book.customers[customer_id]
-        if customer is None:
+        held = book.customers[customer_id]
+        if held is None:
             customers.append(deleted_customer_row(customer_id, version, now_ms))
         else:
-            customers.append(customer_row(customer, version, now_ms))
+            customers.append(customer_row(held, version, now_ms))
     out.rows = {
         "events_store": events,
         "customer_360_store": customers,
@@ -393,7 +429,7 @@ def _hand_over(
     taken = {case_id: cases.take(source, case_id) for case_id in customer.cases}
     handover = Handover(source, into, seq, customer, taken, version)
     out.handovers.append((partition_of(into, rules.partitions), handover.to_item()))
-    book.remove(source, (into, seq))
+    book.remove(source, (into, seq, list(taken)))
     out.handed_over += 1
 
 
@@ -447,10 +483,15 @@ def _erase(
 ) -> None:
     customer_id = request["customer_id"]
     customer = book.customer(customer_id)
-    if customer is not None:
-        for case_id in customer.cases:
+    taken = [] if customer is None else list(customer.cases)
+    for case_id in taken:
+        cases.take(customer_id, case_id)
+    marker = book.gone(customer_id)
+    if customer is None and marker is not None and marker[1] >= seq:
+        taken = marker[2]  # erased before (a replay): its cases go again
+        for case_id in taken:
             cases.take(customer_id, case_id)
-    book.remove(customer_id, ("", seq))
+    book.remove(customer_id, ("", seq, taken))
     out.erasures.append(request)
 
 
@@ -553,3 +594,42 @@ def _touched_cases(
             newest[key] = c.at
             out[key] = segments_of(c.channel, c.stage, c.context, dimensions)
     return out
+
+
+def state_writes(
+    book: CustomerBook, cases: CaseBook, mark_key: str, hwm: int, version: int
+) -> list[tuple[str, bytes | None]]:
+    """The batch's state writes (None deletes), in an order that keeps every prefix
+    replayable: cases written ``k/<id>/<case_id>``, gone markers ``g/<id>``, customers
+    ``c/<id>`` (live and removed), cases removed, then ``mark_key`` with the high-water
+    mark and row version.
+
+    A crash may persist a prefix only (a batch's writes can take several changelog
+    record batches); its records are then applied again over that prefix. Applying a
+    contact, or combining a hand-over's contacts, is idempotent, so cases can go first.
+    A customer stores the sequence number of the last event applied to it (an event it
+    holds is not counted again) and the hand-overs it combined, so it goes after its
+    cases. A customer that left (handed over, erased) has its marker written before it
+    is removed, so an item that comes again for it is recognised as applied before it
+    left (:meth:`CustomerBook.left_after`); the cases it took along are removed last,
+    so a replay that finds it still there finds its cases too.
+    """
+    changed = cases.changes()
+    state: list[tuple[str, bytes | None]] = [
+        (f"k/{customer_id}/{case_id}", orjson.dumps(contacts))
+        for (customer_id, case_id), contacts in changed.items()
+        if contacts
+    ]
+    for customer_id in book.dirty_gone:
+        marker = book.gone_markers[customer_id]
+        state.append((f"g/{customer_id}", None if marker is None else orjson.dumps(marker)))
+    for customer_id in book.dirty:
+        customer = book.customers[customer_id]
+        state.append((f"c/{customer_id}", None if customer is None else customer_to_json(customer)))
+    state += [
+        (f"k/{customer_id}/{case_id}", None)
+        for (customer_id, case_id), contacts in changed.items()
+        if not contacts
+    ]
+    state.append((mark_key, orjson.dumps([hwm, version])))
+    return state
