@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         description=(
             "partitions of the customers topic, where journeys, cases, effort and scores are "
             "kept per customer: how many workers share that work (default: topic_partitions). "
-            "Fixed once state exists; changing it needs touchpoint migrate-state"
+            "Fixed once state exists: the workers refuse a customers topic with another count"
         ),
     )
 
