@@ -444,15 +444,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         "every_customer": args.every_customer,
         "partitions": args.partitions,
         "customers_stored": customers_stored,
-        "results": {
-            k: {
-                **asdict(r),
-                "events_per_s": round(r.rate),
-                "cpu_s_per_1k": None if r.cpu_s_per_1k is None else round(r.cpu_s_per_1k, 4),
-            }
-            for k, r in results.items()
-        },
     }
+    for k, r in results.items():
+        report[k] = {
+            "name": r.name,
+            "rate": round(r.rate),
+            "cpu_s_per_1k": None if r.cpu_s_per_1k is None else round(r.cpu_s_per_1k, 4),
+            "peak_rss_mib": round(r.peak_rss_mib, 1),
+            "events": r.events,
+            "seconds": round(r.seconds, 3),
+            "cpu_s": None if r.cpu_s is None else round(r.cpu_s, 3),
+            "state_mib": None if r.state_mib is None else round(r.state_mib, 1),
+        }
     ratios = [
         (f"{x}/{y}", results[x].rate / results[y].rate)
         for x, y in (("c1", "b"), ("c2", "c1"), ("c1", "a"), ("b", "a"), ("r", "b"))

@@ -32,6 +32,7 @@ from streams.tools.embedded.process import free_port
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
+CUSTOMER_PARTITIONS = 8
 CODECS = (None, "gzip", "snappy", "lz4", "zstd")
 
 
@@ -91,6 +92,8 @@ def stack(
         "TOUCHPOINT_APP_ID": app_id,
         "TOUCHPOINT_DATA_DIR": str(tmp_path / "state"),
         "TOUCHPOINT_TOPIC_PARTITIONS": str(PARTITIONS),
+        # customers live on more partitions than the input has: merges cross them
+        "TOUCHPOINT_CUSTOMER_PARTITIONS": str(CUSTOMER_PARTITIONS),
         "TOUCHPOINT_TOPIC_PATTERN": rf"^touchpoints\.{app_id.replace('-', '_')}_[a-z0-9_]+$",
         "TOUCHPOINT_DLQ_TOPIC": f"touchpoints.{app_id}-dlq",
         "TOUCHPOINT_ALERTS_TOPIC": f"touchpoints.{app_id}-alerts",
