@@ -153,7 +153,7 @@ def test_a_batch_whose_state_was_persisted_in_part_counts_nothing_twice() -> Non
     assert [r[:2] + r[3:] for r in again.rows["scores_store"]] == [
         r[:2] + r[3:] for r in first.rows["scores_store"]
     ]
-    assert [r[0] for r in again.rows["events_store"]] == ["e1", "e2"]
+    assert again.rows["events_store"] == []  # the first run's rows stand
 
 
 def test_the_state_writes_put_cases_before_customers_and_the_mark_last() -> None:
@@ -197,7 +197,7 @@ def test_a_customer_handed_over_by_a_batch_persisted_in_part_is_not_created_agai
     again = p.run()
     assert (again.applied, again.replayed, again.handed_over) == (0, 1, 0)
     assert again.rows["effort_store"] == []  # the first run's rows stand
-    assert [r[0] for r in again.rows["events_store"]] == ["a2"]
+    assert again.rows["events_store"] == []
     assert p.keys() == [f"g/{A}", "p/"]
 
 

@@ -311,22 +311,24 @@ def process_records(
                 touch = touch_of(row)
                 customer_id = row[_CUSTOMER]
                 # held already (the state of a batch cut short was persisted in part):
-                # not applied again, but its rows are written again as the first time
-                # (a record's score row replaces the one written then)
+                # not applied again; its events row stands (rows are stored before any
+                # state), its answer goes into the record's score row again, which
+                # replaces the one written then
                 customer = (
                     None if book.left_after(customer_id, seq) else book.live(customer_id, seq)
                 )
                 if customer is not None and snapshot is not None:
                     customer.identifiers, customer.absorbed = snapshot
-                if customer is not None and seq > customer.seq:
+                applied = customer is not None and seq > customer.seq
+                if customer is not None and applied:
                     apply(customer.journey, touch, rules.journey)
                     customer.seq = seq
                     out.applied += 1
+                    events.append(row)
                 else:
                     out.replayed += 1
                 stage = row[_STAGE] if customer is None else customer.journey.stage
                 row[_STAGE] = stage
-                events.append(row)
                 if first_event is None:
                     first_event = touch.event_id
                 late = FLAG_LATE in row[_FLAGS]
