@@ -498,3 +498,29 @@ def test_batch_version_is_above_the_previous_and_every_hand_overs() -> None:
     assert batch_version(records, 0, T0) == T0 + 5001
     assert batch_version([], T0 + 10, T0) == T0 + 11
     assert batch_version([], 0, T0) == T0
+
+
+def test_a_contacts_row_written_after_its_hand_over_outranks_its_former_partitions() -> None:
+    """A's partition crashes after handing A over; S's partition combines A and rewrites
+    a1's row; A's partition then does the batch again, later by the clock: its row of a1
+    (signals as A alone had them) must not win."""
+    ps = partitions()
+    ps[1].send(ev(1, S, "s1", at=T0 - MINUTE, **CONTACT))
+    ps[1].run()
+    ps[0].send(ev(2, A, "a1", **CONTACT), ["m", 3, A, S])
+    crashed = ps[0].run(persist=0)
+    ps[0].deliver(crashed, ps)
+    (combined,) = ps[1].run().rows["effort_store"]
+    ps[0].now += 3_600_000
+    again = ps[0].run()
+    (stale,) = [r for r in again.rows["effort_store"] if r[0] == "a1"]
+    assert combined[0] == "a1" and combined[7] is True and stale[7] is False
+    assert combined[-1] > stale[-1]
+
+
+def test_the_last_record_of_a_batch_is_always_reported_to_the_detector() -> None:
+    p = Partition(0)
+    p.send(ev(1, A, "a1", survey=("nps", 9.0)))
+    p.send(ev(2, A, "a2"))
+    out = p.run()
+    assert [(offset, bool(t)) for offset, t in out.tallies] == [(0, True), (1, False)]

@@ -350,8 +350,17 @@ class Sink:
     effort: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     scores: dict[tuple[int, int, str], tuple[Any, ...]] = field(default_factory=dict)
     customers: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    #: the score-drop detector's view: each partition's record added once (the first)
+    #: the score-drop detector's view (``streams.domain.detect.Lookout``): each
+    #: partition's records after the last one it added
     view: dict[tuple[int, int], dict[Key, Tally]] = field(default_factory=dict)
+    progress: dict[int, int] = field(default_factory=dict)
+
+    def look(self, partition: int, entries: Sequence[tuple[int, dict[Key, Tally]]]) -> None:
+        for offset, tallies in entries:
+            if offset <= self.progress.get(partition, -1):
+                continue
+            self.progress[partition] = offset
+            self.view[(partition, offset)] = tallies
 
     def store(self, partition: int, rows: Mapping[str, list[Any]]) -> None:
         for row in rows["events_store"]:
@@ -479,8 +488,7 @@ class Run:
         for target, item in out.handovers:
             self.partitions[target].log.append(orjson.dumps([None, [item]]))
         self.sink.store(p, out.rows)
-        for offset, tallies in out.tallies:
-            self.sink.view.setdefault((p, offset), tallies)
+        self.sink.look(p, out.tallies)
         writes = state_writes(book, cases, "p/", hwm, version)
         if crash is not None:
             self.crashes += 1

@@ -237,7 +237,11 @@ class PartitionOutput:
     rows: dict[str, list[Any]] = field(default_factory=dict)
     #: items for other partitions (hand-overs): (partition, item)
     handovers: list[tuple[int, list[Any]]] = field(default_factory=list)
-    #: per record with anything for the rolling view: (offset, tallies)
+    #: per record with anything for the rolling view: (offset, tallies); the batch's
+    #: last record always (with no tallies when it has none), so the detector, which
+    #: adds each partition's records after the last one it added, takes a batch whole
+    #: or not at all: a batch done again over a state persisted in part may put the
+    #: same changes in other records
     tallies: list[tuple[int, dict[Key, Tally]]] = field(default_factory=list)
     #: every answer applied (late ones too), with its customer, for the detractor alerts
     answers: list[Answer] = field(default_factory=list)
@@ -384,6 +388,8 @@ def process_records(
             assert first_event is not None
             scores.append(_score_row(offset, first_event, now_ms, answers, score))
             out.answers.extend(answers)
+    if records and (not out.tallies or out.tallies[-1][0] != records[-1][0]):
+        out.tallies.append((records[-1][0], {}))
     out.cases = _touched_cases(touched, score.dimensions)
     customers = []
     for customer_id in book.dirty:
@@ -546,8 +552,15 @@ def _add_effort(view: dict[Key, Tally], c: Contact, before: int, rules: ScoreRul
         view.setdefault((start, kind, value, "effort"), Tally()).add(tally)
 
 
+#: Row versions of a contact's effort rows: its generation above the batch's version.
+GEN_SHIFT = 42
+
+
 def _effort_row(c: Contact, version: int) -> tuple[Any, ...]:
-    """The ``effort_store`` row of a contact (``EFFORT_COLUMNS`` order)."""
+    """The ``effort_store`` row of a contact (``EFFORT_COLUMNS`` order); its version is
+    the contact's generation (hand-overs it went through) above the batch's version
+    (below 2^42: epoch milliseconds until 2109), so a row written after a hand-over
+    outranks any its former partition writes, later too."""
     return (
         c.event_id,
         c.at,
@@ -563,7 +576,7 @@ def _effort_row(c: Contact, version: int) -> tuple[Any, ...]:
         c.unresolved,
         c.wait_s,
         c.points,
-        version,
+        (c.gen << GEN_SHIFT) | version,
     )
 
 

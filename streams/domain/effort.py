@@ -80,6 +80,9 @@ class Contact:
     wait_s: float
     repeat: bool = False
     switch: bool = False
+    #: how many hand-overs (merges) brought it to the customer holding it: rows written
+    #: for it after a hand-over rank above any its former partition writes
+    gen: int = 0
 
     def to_json(self) -> list[Any]:
         return [
@@ -95,11 +98,14 @@ class Contact:
             self.wait_s,
             self.repeat,
             self.switch,
+            self.gen,
         ]
 
     @classmethod
     def from_json(cls, case_id: str, value: list[Any]) -> Contact:
-        (event_id, at, channel, customer_id, stage, context, tr, esc, unres, wait, rep, sw) = value
+        (event_id, at, channel, customer_id, stage, context, tr, esc, unres, wait, rep, sw) = value[
+            :12
+        ]
         return cls(
             event_id,
             at,
@@ -114,6 +120,7 @@ class Contact:
             wait,
             rep,
             sw,
+            value[12] if len(value) > 12 else 0,
         )
 
     @property
@@ -206,7 +213,13 @@ class CaseBook:
         """Combine the contacts of a case handed over from a merged customer into the
         same case of ``owner``: the contacts whose signals changed, with their points
         before (the same contact in both is kept once). Which side came first does not
-        matter: the result is the case's contacts in event-time order, flagged."""
+        matter: the result is the case's contacts in event-time order, flagged.
+
+        The incoming contacts go one generation up (:attr:`Contact.gen`): the partition
+        they came from may write their rows again (it replays a batch cut short), and
+        those rows must not outrank the ones written from here."""
+        for c in incoming:
+            c.gen += 1
         case = self.contacts(owner, case_id)
         self.dirty.add((owner, case_id))
         before = {c.event_id: (c.repeat, c.switch, c.points) for c in case}
