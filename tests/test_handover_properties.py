@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,6 +75,10 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
 def examples(n: int) -> int:
     """``n`` examples, or many more with ``HYPOTHESIS_PROFILE=long``."""
     return n * 30 if PROFILE == "long" else n
+
+
+#: the long profile runs for many minutes: beyond the suite's timeout per test
+LONG = pytest.mark.timeout(7200 if PROFILE == "long" else 300)
 
 
 MINUTE = 60_000
@@ -609,6 +614,7 @@ def comparable(part: Part) -> dict[str, Any]:
     }
 
 
+@LONG
 @settings(max_examples=examples(80), deadline=None)
 @given(events=streams_of_events(20), data=st.data())
 def test_combining_hand_overs_is_commutative_associative_and_one_customer(
@@ -722,6 +728,7 @@ def check_against_reference(run: Run, events: Sequence[Event], rules: IdentityRu
             assert row[CUSTOMER_COLUMN["deleted"]] == 1, customer_id
 
 
+@LONG
 @settings(max_examples=examples(60), deadline=None)
 @given(
     events=streams_of_events(),
@@ -740,6 +747,7 @@ def test_the_distributed_run_equals_one_process(
     check_against_reference(run, events, RULES[rules])
 
 
+@LONG
 @settings(max_examples=examples(80), deadline=None)
 @given(
     events=streams_of_events(),
