@@ -27,6 +27,13 @@ and associative, so S's own events may come before or after the hand-over. A han
 names the merge it comes from, and S remembers the merges it combined
 (``Customer.merged_in``): a hand-over sent twice is combined once. One that reaches a
 customer that has itself merged on meanwhile follows the marker to the survivor.
+
+What does depend on that order: the journey stage an event of S is tagged with (its
+``events`` row, the ``journey_stage`` segment of its answer, its contact's stage) is
+S's stage when its partition applied it, with or without A's journey; and an open
+case's first contact, count and channels where a close falls between its contacts
+(``streams.domain.journey``). Everything else (counts, stage, answers, cases and their
+signals, effort rows, score tallies) is the same as one process gives.
 """
 
 from __future__ import annotations
