@@ -17,7 +17,7 @@ import orjson
 
 from schemas.alert_rules import AlertRules
 from schemas.alerts import Alert
-from schemas.customer import Customer, customer_from_json, customer_to_json
+from schemas.customer import Customer, customer_from_json
 from streams.domain.alerts import detractor_alert, effort_spike_alert
 from streams.domain.customers import (
     CustomerBook,
@@ -26,6 +26,7 @@ from streams.domain.customers import (
     PartitionRules,
     batch_version,
     process_records,
+    state_writes,
 )
 from streams.domain.effort import CaseBook
 from streams.domain.journey import compact
@@ -102,19 +103,8 @@ class CustomerPartition(Owner):
             records, book, cases, self.rules, hwm, version, now_ms, compact=self._compact_slice
         )
         self.hwm, self.version = hwm, version
-        state: list[tuple[str, bytes | None]] = []
-        for customer_id in book.dirty:
-            customer = book.customers[customer_id]
-            value = None if customer is None else customer_to_json(customer)
-            state.append((f"c/{customer_id}", value))
-        for customer_id in book.dirty_gone:
-            marker = book.gone_markers[customer_id]
-            state.append((f"g/{customer_id}", None if marker is None else orjson.dumps(marker)))
-        for (customer_id, case_id), contacts in cases.changes().items():
-            state.append(
-                (f"k/{customer_id}/{case_id}", orjson.dumps(contacts) if contacts else None)
-            )
-        state.append((self.key, orjson.dumps([hwm, version])))
+        # in the order that keeps every prefix of the writes replayable
+        state = state_writes(book, cases, self.key, hwm, version)
         return Processed(out, self._alerts(out, book, cases, now_ms), state)
 
     def _alerts(

@@ -17,20 +17,26 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.integration import test_worker_end_to_end as e2e
 from tests.integration.test_worker_end_to_end import (
     Stack,
-    ch,  # noqa: F401  (fixture)
     channel_topic,
     create_topics,
     produce,
     scalar,
     settled,
-    stack,  # noqa: F401  (fixture)
     wait_for,
 )
+
+# the end to end tests' fixtures: a worker stack on the session's broker and ClickHouse
+stack = e2e.stack
+ch = e2e.ch
+
+pytestmark = pytest.mark.integration
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "legacy_identity_changelog.json"
 DAY = 86_400_000
