@@ -45,7 +45,7 @@ fmt: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: the throughput benchmark (ceiling, bare Faust, this worker) on Apache Kafka
+## bench: the throughput benchmark (ceiling, bare Faust, the resolver, this worker with one and two processes) on Apache Kafka
 bench: setup
 	$(BIN)/touchpoint benchmark
 

@@ -90,13 +90,16 @@ class Journey:
 
 @dataclass(slots=True)
 class Customer:
-    """A stitched customer.
+    """A customer as its partition keeps it: identity (as the resolver last said) and
+    journey.
 
     ``identifiers`` maps kind to the values it owns, in the order they joined.
     ``absorbed`` lists every customer id that was merged into this one (directly or
-    through an earlier merge), so a later merge can redirect all of them. ``seq`` is the
-    position of the last stitch batch applied to this customer: a replayed batch at or
-    below it is already contained and is not counted again.
+    through an earlier merge). ``seq`` is the resolver's sequence number of the last
+    item applied to it. ``merged_in`` maps every customer whose state was combined into
+    this one (directly or through them) to the sequence number of its merge, so a
+    hand-over delivered twice is combined once. ``cases`` lists the ids of its cases
+    that have contacts stored (oldest first).
     """
 
     customer_id: str
@@ -104,6 +107,8 @@ class Customer:
     absorbed: list[str] = field(default_factory=list)
     seq: int = -1
     journey: Journey = field(default_factory=Journey)
+    merged_in: dict[str, int] = field(default_factory=dict)
+    cases: list[str] = field(default_factory=list)
 
     def count(self, kind: str) -> int:
         return len(self.identifiers.get(kind, ()))
@@ -174,4 +179,6 @@ def customer_from_json(data: bytes | str) -> Customer:
         absorbed=raw["absorbed"],
         seq=raw["seq"],
         journey=journey,
+        merged_in=raw.get("merged_in") or {},
+        cases=raw.get("cases") or [],
     )

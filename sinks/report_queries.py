@@ -193,7 +193,7 @@ FROM
 (
     SELECT occurred_at, channel, channel_switch,
            lagInFrame(channel) OVER (
-               PARTITION BY case_id ORDER BY occurred_at, event_id
+               PARTITION BY customer_id, case_id ORDER BY occurred_at, event_id
                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS previous
     FROM {{db}}.effort
     WHERE case_id IS NOT NULL AND occurred_at < {_END}

@@ -68,7 +68,8 @@ FROM {db}.scores
 
 #: Effort per contact from its definition, straight from ``events``: a contact is an
 #: event on an assisted channel with an interaction or a case; repeat and switch look at
-#: the case's previous contact (by event time, then event id).
+#: the previous contact of the same customer's case (by event time, then event id; a
+#: case id is the customer's own: two customers who give the same one have two cases).
 EFFORT_RECOMPUTED = """
 SELECT
     event_id,
@@ -94,7 +95,7 @@ FROM
            OR escalated IS NOT NULL OR resolved IS NOT NULL OR interaction_direction IS NOT NULL
            OR interaction_queue IS NOT NULL OR interaction_agent_id IS NOT NULL
            OR handle_seconds IS NOT NULL)
-    WINDOW w AS (PARTITION BY case_id ORDER BY occurred_at, event_id
+    WINDOW w AS (PARTITION BY customer_id, case_id ORDER BY occurred_at, event_id
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 """

@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         ),
     )
     topic_replication: int = Field(1, ge=1, description="replication of topics the worker creates")
+    customer_partitions: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "partitions of the customers topic, where journeys, cases, effort and scores are "
+            "kept per customer: how many workers share that work (default: topic_partitions). "
+            "Fixed once state exists: the workers refuse a customers topic with another count"
+        ),
+    )
 
     # --- ClickHouse --------------------------------------------------------------------
     clickhouse_url: str = Field(
@@ -520,6 +529,11 @@ class Settings(BaseSettings):
             rf"|{re.escape(self.merges_topic)})$)"
             rf"(?:{self.topic_pattern})"
         )
+
+    @property
+    def customers_partitions(self) -> int:
+        """Partitions of the customers topic (``customer_partitions`` or ``topic_partitions``)."""
+        return self.customer_partitions or self.topic_partitions
 
     @property
     def dedup_window(self) -> timedelta:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import given, settings
@@ -45,13 +46,13 @@ def naive_flags(contacts: list[Contact]) -> dict[str, tuple[bool, bool]]:
 
 
 class Table:
-    """The identity table's case entries, persisted after every batch."""
+    """A customers partition's case entries, persisted after every batch."""
 
     def __init__(self) -> None:
-        self.cases: dict[str, list[Any]] = {}
+        self.cases: dict[tuple[str, str], list[Any]] = {}
 
     def book(self) -> CaseBook:
-        return CaseBook(RULES, self.cases.get)
+        return CaseBook(RULES, lambda customer_id, case_id: self.cases.get((customer_id, case_id)))
 
     def persist(self, book: CaseBook) -> None:
         self.cases.update(book.changes())
@@ -89,7 +90,7 @@ def test_newest_rows_equal_the_definition_in_any_order_batching_and_replay(
         book = table.book()
         for c in stream[start : start + batch_size]:
             fresh = Contact(**{f: getattr(c, f) for f in Contact.__slots__})  # as decoded
-            for row, _before in book.apply(fresh):
+            for row, _before in book.apply("c_1", fresh):
                 newest[row.event_id] = Contact(**{f: getattr(row, f) for f in Contact.__slots__})
         table.persist(book)
     expected = naive_flags(items)
@@ -97,10 +98,10 @@ def test_newest_rows_equal_the_definition_in_any_order_batching_and_replay(
 
 
 def test_a_late_earlier_contact_changes_its_successor_and_no_one_else() -> None:
-    book = CaseBook(RULES, lambda _: None)
-    book.apply(contact("a", 0, "chat"))
-    book.apply(contact("c", 2 * DAY, "chat"))
-    rows = book.apply(contact("b", DAY, "call_center"))  # arrives last, sits in the middle
+    book = CaseBook(RULES, lambda _c, _k: None)
+    book.apply("c_1", contact("a", 0, "chat"))
+    book.apply("c_1", contact("c", 2 * DAY, "chat"))
+    rows = book.apply("c_1", contact("b", DAY, "call_center"))  # arrives last, in the middle
     assert [(c.event_id, before) for c, before in rows] == [("b", -1), ("c", 30)]
     b, c = rows[0][0], rows[1][0]
     assert (b.repeat, b.switch) == (True, True)
@@ -120,3 +121,45 @@ def test_contacts_are_assisted_channel_events_with_an_interaction_or_a_case() ->
     assert is_contact("store", "k1", False, RULES)
     assert not is_contact("store", None, False, RULES)  # a store visit, nobody helped
     assert not is_contact("web", "k1", True, RULES)
+
+
+@settings(max_examples=150, deadline=None)
+@given(contacts(), st.data())
+def test_absorbing_a_merged_customers_cases_gives_the_definition_in_either_direction(
+    items: list[Contact], data: st.DataObject
+) -> None:
+    """The contacts of a case dealt to two customers that then merge: whichever absorbs
+    the other's, the signals are those of one customer that had every contact, and the
+    contacts whose signals changed are reported with their points before."""
+    mine = data.draw(st.lists(st.booleans(), min_size=len(items), max_size=len(items)))
+    parts: list[list[Contact]] = [
+        [c for c, m in zip(items, mine, strict=True) if m == side] for side in (True, False)
+    ]
+    expected = naive_flags(items)
+    for into, other in ((0, 1), (1, 0)):
+        book = CaseBook(RULES, lambda _c, _k: None)
+        for c in parts[into]:
+            book.apply("s", copy.copy(c))
+        donor = CaseBook(RULES, lambda _c, _k: None)
+        for c in parts[other]:
+            donor.apply("a", copy.copy(c))
+        flags_before = {
+            c.event_id: c.points
+            for owner, book_ in (("s", book), ("a", donor))
+            for case_id in ("k1", "k2")
+            for c in book_.contacts(owner, case_id)
+        }
+        changed: dict[str, int] = {}
+        for case_id in ("k1", "k2"):
+            incoming = donor.take("a", case_id)
+            for c, before in book.absorb("s", case_id, incoming):
+                changed[c.event_id] = before
+        held = {c.event_id: c for k in ("k1", "k2") for c in book.contacts("s", k)}
+        with_case = {e: f for e, f in expected.items() if e in held}
+        assert {e: (c.repeat, c.switch) for e, c in held.items()} == with_case
+        assert donor.contacts("a", "k1") == [] and donor.contacts("a", "k2") == []
+        for event_id, c in held.items():
+            if event_id in changed:
+                assert changed[event_id] == flags_before[event_id]
+            else:
+                assert c.points == flags_before[event_id]

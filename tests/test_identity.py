@@ -1,15 +1,17 @@
-"""Identity stitching, as ``streams/identity.py`` states it, against simple references.
+"""Identity resolution, as ``streams.domain.identity`` states it, against simple references.
 
 Identifiers seen together belong to one customer: without guards the customers are the
 connected components of the identifier graph, whatever the order of the events and
 however they are cut into batches. With guards (per-kind limits, unique kinds) no
 customer breaks them, every refused link is reported, and the result equals a naive
 one-event-at-a-time reading of the rules. Ids are stable (a customer's id only changes
-when it is absorbed), every event is counted once, and a replayed batch changes nothing.
+when it is absorbed), every event belongs to the customer of its first identifier, and a
+replayed batch changes nothing.
 
-The stitcher reads persisted state through two functions; here they are backed by two
-dicts (customers as the JSON the identity table keeps), and the changes of each batch
-are persisted between batches like the stitch agent does: customers, then nodes.
+The resolver reads persisted state through two functions; here they are backed by two
+dicts (identities as the JSON the resolver's table keeps), and the changes of each batch
+are persisted between batches like the resolver's owner does: live customers, nodes,
+then deletions.
 """
 
 from __future__ import annotations
@@ -23,19 +25,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.customer import Customer, Merge, Refusal, customer_from_json, customer_to_json
+from schemas.customer import Merge, Refusal
 from streams.domain.identity import (
     DEFAULT_PRIORITY,
+    NEVER,
     Changes,
+    Identity,
     IdentityRules,
-    Stitched,
-    Stitcher,
+    Resolved,
+    Resolver,
     customer_id_for,
     node_key,
 )
-from streams.domain.journey import JourneyRules, TouchFacts
 
-JOURNEY = JourneyRules()
 #: no limit can be reached and no kind is unique: every link is accepted
 FREE = IdentityRules(limits={}, default_limit=1_000_000, unique_kinds=frozenset())
 #: small limits so that events made of a few shared values provoke every guard
@@ -52,15 +54,12 @@ Node = tuple[str, str]
 
 @dataclass(frozen=True)
 class Event:
-    """An accepted event as the stitcher sees it: its identifiers and its time."""
+    """An accepted event as the resolver sees it: its identifiers and its time."""
 
     event_id: str
     identifiers: Mapping[str, str]
     at: int
     counted: bool = True  # False: a repeat of an event_id already counted
-
-    def touch(self) -> TouchFacts:
-        return TouchFacts(self.event_id, self.at, "web", "page_view")
 
     def nodes(self) -> list[Node]:
         return list(self.identifiers.items())
@@ -71,39 +70,38 @@ class Event:
 
 @dataclass
 class Store:
-    """The identity table: ``kind:value`` -> customer id, customer id -> JSON."""
+    """The resolver's table: ``kind:value`` -> customer id, customer id -> JSON."""
 
     nodes: dict[str, str] = field(default_factory=dict)
     customers: dict[str, bytes] = field(default_factory=dict)
-    journey: JourneyRules = JOURNEY
 
     def read_node(self, key: str) -> str | None:
         return self.nodes.get(key)
 
-    def read_customer(self, customer_id: str) -> Customer | None:
+    def read_identity(self, customer_id: str) -> Identity | None:
         value = self.customers.get(customer_id)
-        return None if value is None else customer_from_json(value)
+        return None if value is None else Identity.from_json(customer_id, value)
 
-    def stitcher(self, rules: IdentityRules) -> Stitcher:
-        return Stitcher(rules, self.journey, self.read_node, self.read_customer)
+    def resolver(self, rules: IdentityRules) -> Resolver:
+        return Resolver(rules, self.read_node, self.read_identity)
 
     def persist(self, changes: Changes) -> None:
-        """Live customers, then nodes, then deleted customers, as
-        ``streams.runtime.agents._persist`` writes them."""
-        for customer_id, customer in changes.customers.items():
-            if customer is not None:
-                self.customers[customer_id] = customer_to_json(customer)
+        """Live customers, then nodes, then deleted customers, as the resolver's owner
+        writes them."""
+        for customer_id, identity in changes.identities.items():
+            if identity is not None:
+                self.customers[customer_id] = identity.to_json()
         for key, owner in changes.nodes.items():
             if owner is None:
                 self.nodes.pop(key, None)
             else:
                 self.nodes[key] = owner
-        for customer_id, customer in changes.customers.items():
-            if customer is None:
+        for customer_id, identity in changes.identities.items():
+            if identity is None:
                 self.customers.pop(customer_id, None)
 
-    def live(self) -> dict[str, Customer]:
-        return {cid: customer_from_json(value) for cid, value in self.customers.items()}
+    def live(self) -> dict[str, Identity]:
+        return {cid: Identity.from_json(cid, value) for cid, value in self.customers.items()}
 
     def snapshot(self) -> tuple[dict[str, str], dict[str, bytes]]:
         return dict(self.nodes), dict(self.customers)
@@ -114,7 +112,7 @@ class Batch:
     """What one batch returned: an outcome per event, in order."""
 
     events: list[Event]
-    results: list[Stitched]
+    results: list[Resolved]
 
     @property
     def merges(self) -> list[Merge]:
@@ -131,20 +129,18 @@ def run_batch(
     rules: IdentityRules,
     first_seq: int,
     *,
-    check: Callable[[Stitcher, Event, Stitched], None] | None = None,
+    check: Callable[[Resolver, Event, Resolved], None] | None = None,
 ) -> Batch:
-    """Stitch ``events`` with one stitcher (sequence numbers from ``first_seq`` on) and
-    persist its changes."""
-    stitcher = store.stitcher(rules)
+    """Resolve ``events`` with one resolver and persist its changes (``first_seq``: the
+    position of the batch's first event, kept for the callers' bookkeeping)."""
+    resolver = store.resolver(rules)
     results = []
-    for i, event in enumerate(events):
-        result = stitcher.stitch(
-            event.identifiers, event.touch(), first_seq + i, count=event.counted
-        )
+    for event in events:
+        result = resolver.resolve(event.identifiers, event.event_id, event.at, count=event.counted)
         if check is not None:
-            check(stitcher, event, result)
+            check(resolver, event, result)
         results.append(result)
-    store.persist(stitcher.changes())
+    store.persist(resolver.changes())
     return Batch(list(events), results)
 
 
@@ -346,22 +342,22 @@ def test_without_guards_customers_are_the_connected_components(
 # --- 2. with guards: the invariants after every batch ----------------------------------------
 
 
-def check_event(rules: IdentityRules) -> Callable[[Stitcher, Event, Stitched], None]:
+def check_event(rules: IdentityRules) -> Callable[[Resolver, Event, Resolved], None]:
     """Right after an event: its identifiers that did not join its customer are exactly the
     refused ones, and each refusal names a guard the two customers together would break."""
 
-    def check(stitcher: Stitcher, event: Event, result: Stitched) -> None:
+    def check(stitcher: Resolver, event: Event, result: Resolved) -> None:
         outside = {n for n in event.nodes() if stitcher.owner(*n) != result.customer_id}
         assert {(r.kind, r.value) for r in result.refusals} == outside
         assert len(result.refusals) == len(outside)
-        current = stitcher.customer(result.customer_id)
+        current = stitcher.identity(result.customer_id)
         assert current is not None
         absorbed_here = {m.merged_from for m in result.merges}
         for refusal in result.refusals:
             assert refusal.event_id == event.event_id
             assert refusal.customer_id in {result.customer_id} | absorbed_here
             assert stitcher.owner(refusal.kind, refusal.value) == refusal.other_customer_id
-            other = stitcher.customer(refusal.other_customer_id)
+            other = stitcher.identity(refusal.other_customer_id)
             assert other is not None
             guard, _, kind = refusal.reason.partition(":")
             assert guard == ("unique" if kind in rules.unique_kinds else "limit")
@@ -486,7 +482,7 @@ def test_stitching_equals_the_naive_reading_of_the_rules_event_by_event(
     rules: IdentityRules, events: list[Event], cut_at: list[int]
 ) -> None:
     """The same events in the same order, in any batches: the same customers with the same
-    ids, the same merges, the same refusals and the same touches per customer as the naive
+    ids, the same merges, the same refusals and the same first seen per customer as the naive
     reference (which also checks the survivor rule and id derivation as a property)."""
     naive = Naive(rules)
     expected = [naive.stitch(e) for e in events]
@@ -502,8 +498,8 @@ def test_stitching_equals_the_naive_reading_of_the_rules_event_by_event(
     # the customer each event was stitched to, as it was when stitched
     assert [r.customer_id for r in results] == expected
     live = store.live()
-    assert {p.customer_id: (p.touches, p.first_seen) for p in naive.people} == {
-        cid: (sum(c.journey.touchpoints.values()), c.journey.first_seen) for cid, c in live.items()
+    assert {p.customer_id: p.first_seen or NEVER for p in naive.people} == {
+        cid: c.first_seen for cid, c in live.items()
     }
 
 
@@ -575,7 +571,7 @@ def test_a_customer_the_event_itself_creates_has_not_been_seen_yet_and_is_absorb
     assert survivor_of(history) == (PHONE, EMAIL)
     store = Store()
     run_batches(store, [history], FREE)
-    assert store.live()[PHONE].journey.first_seen == 50
+    assert store.live()[PHONE].first_seen == 50
 
 
 # --- 5. every event is counted once ----------------------------------------------------------
@@ -598,22 +594,37 @@ def with_repeats(draw: st.DrawFn, events: list[Event]) -> list[Event]:
     events=event_lists(CROWDED, 4).flatmap(with_repeats),
     cut_at=cuts,
 )
-def test_every_event_is_counted_once_in_the_customer_of_its_first_identifier(
+def test_every_event_ends_in_the_customer_of_its_first_identifier(
     rules: IdentityRules, events: list[Event], cut_at: list[int]
 ) -> None:
-    """Whatever merges and refusals happen, the touchpoints of the live customers add up to
-    the number of distinct events, and each event sits in the journey of the customer that
-    now owns its highest-priority identifier."""
-    store = Store(journey=JourneyRules(max_recent=1000))
-    run_batches(store, split(events, cut_at), rules)
+    """Whatever merges and refusals happen, the customer an event was resolved to, followed
+    through the merges reported after it, is the customer that now owns the event's
+    highest-priority identifier (where the customer partitions count it), and is live;
+    a customer's first seen is the earliest of the counted events that end in it."""
+    store = Store()
+    batches = run_batches(store, split(events, cut_at), rules)
+    into: dict[str, str] = {}
+    resolved: list[tuple[Event, str]] = []
+    for batch in batches:
+        for event, result in zip(batch.events, batch.results, strict=True):
+            into.update({m.merged_from: m.merged_into for m in result.merges})
+            resolved.append((event, result.customer_id))
+
+    def final(customer_id: str) -> str:
+        while customer_id in into:
+            customer_id = into[customer_id]
+        return customer_id
+
     live = store.live()
-    counted = {e.event_id: e for e in events if e.counted}
-    assert sum(sum(c.journey.touchpoints.values()) for c in live.values()) == len(counted)
-    holders = {t.event_id: c.customer_id for c in live.values() for t in c.journey.recent}
-    assert sorted(t.event_id for c in live.values() for t in c.journey.recent) == sorted(counted)
-    for event_id, event in counted.items():
+    first_seen: dict[str, int] = {}
+    for event, customer_id in resolved:
         first = min(event.nodes(), key=lambda kv: (Naive(rules).rank(kv[0]), kv[1]))
-        assert holders[event_id] == store.nodes[node_key(*first)]
+        assert final(customer_id) == store.nodes[node_key(*first)] in live
+        if event.counted:
+            first_seen[final(customer_id)] = min(
+                first_seen.get(final(customer_id), NEVER), event.at
+            )
+    assert {cid: c.first_seen for cid, c in live.items() if c.first_seen != NEVER} == first_seen
 
 
 # --- 6. a replayed batch changes nothing -----------------------------------------------------
@@ -637,7 +648,6 @@ def test_a_batch_stitched_again_with_its_sequence_numbers_changes_nothing(
         before = store.snapshot()
         again = run_batch(store, batch, rules, seq)
         assert store.snapshot() == before
-        assert not any(r.applied for r in again.results)
         assert again.merges == []
         for event, result in zip(batch, again.results, strict=True):
             assert result.customer_id in {store.nodes[node_key(*n)] for n in event.nodes()}
@@ -694,13 +704,13 @@ def test_a_customer_id_changes_only_when_its_customer_is_absorbed(
 def crash_after_customers(
     store: Store, events: Sequence[Event], rules: IdentityRules, seq: int
 ) -> None:
-    """Stitch ``events`` and persist only the live customers: the node writes and the
+    """Resolve ``events`` and persist only the live customers: the node writes and the
     deletions, which come after them, were cut short by a crash."""
-    stitcher = store.stitcher(rules)
-    for i, event in enumerate(events):
-        stitcher.stitch(event.identifiers, event.touch(), seq + i)
-    live = {k: c for k, c in stitcher.changes().customers.items() if c is not None}
-    store.persist(Changes(nodes={}, customers=live))
+    resolver = store.resolver(rules)
+    for event in events:
+        resolver.resolve(event.identifiers, event.event_id, event.at)
+    live = {k: c for k, c in resolver.changes().identities.items() if c is not None}
+    store.persist(Changes(nodes={}, identities=live))
 
 
 def same_customers(store: Store, clean: Store) -> None:
@@ -708,8 +718,8 @@ def same_customers(store: Store, clean: Store) -> None:
     assert {c: x.identifiers for c, x in store.live().items()} == {
         c: x.identifiers for c, x in clean.live().items()
     }
-    assert {c: x.journey.touchpoints for c, x in store.live().items()} == {
-        c: x.journey.touchpoints for c, x in clean.live().items()
+    assert {c: (x.absorbed, x.first_seen) for c, x in store.live().items()} == {
+        c: (x.absorbed, x.first_seen) for c, x in clean.live().items()
     }
 
 
@@ -750,3 +760,28 @@ def test_a_replay_finds_the_survivor_of_a_merge_whose_node_writes_were_lost() ->
     crash_after_customers(store, second, rules, len(first))
     run_batch(store, second, rules, len(first))
     same_customers(store, clean)
+
+
+def test_a_customer_left_behind_by_a_merge_cut_short_goes_with_its_survivor_on_erasure() -> None:
+    """The crash came after the nodes but before the deletions: the absorbed customer
+    stays in the table, though nothing points at it and the replay merges nothing; when
+    the survivor is erased, no identifier of either may remain."""
+    rules = IdentityRules()
+    store = Store()
+    run_batch(store, [Event("e1", {"device_id": "d"}, 10)], rules, 0)
+    resolver = store.resolver(rules)
+    resolver.resolve({"account_id": "acc", "device_id": "d"}, "e2", 20)
+    changes = resolver.changes()
+    absorbed = customer_id_for("device_id", "d")
+    assert changes.identities[absorbed] is None
+    live = {k: i for k, i in changes.identities.items() if i is not None}
+    store.persist(Changes(nodes=changes.nodes, identities=live))
+    assert absorbed in store.customers  # left behind
+    again = run_batch(store, [Event("e2", {"account_id": "acc", "device_id": "d"}, 20)], rules, 1)
+    assert again.merges == [] and absorbed in store.customers
+    survivor = customer_id_for("account_id", "acc")
+    assert absorbed not in store.nodes.values()
+    resolver = store.resolver(rules)
+    assert sorted(resolver.forget(survivor)) == [("account_id", "acc"), ("device_id", "d")]
+    store.persist(resolver.changes())
+    assert store.customers == {} and store.nodes == {}

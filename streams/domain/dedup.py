@@ -137,6 +137,11 @@ class DuplicateWindow:
             return False
         return first != (topic, partition, offset)
 
+    def first(self, event_id: str) -> Coordinates | None:
+        """The coordinates ``(topic, partition, offset)`` ``event_id`` was first recorded
+        at (still pending or sealed), or None when the window does not hold it."""
+        return self._index.get(event_id)
+
     def origin_of(self, event_id: str) -> int | None:
         """The origin the first occurrence of ``event_id`` was seen with, if any."""
         return self._origins.get(event_id)

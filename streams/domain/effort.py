@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_ASSISTED_CHANNELS",
     "WEIGHTS",
     "CaseBook",
+    "CaseKey",
     "Contact",
     "EffortRules",
     "points",
@@ -79,6 +80,9 @@ class Contact:
     wait_s: float
     repeat: bool = False
     switch: bool = False
+    #: how many hand-overs (merges) brought it to the customer holding it: rows written
+    #: for it after a hand-over rank above any its former partition writes
+    gen: int = 0
 
     def to_json(self) -> list[Any]:
         return [
@@ -94,11 +98,14 @@ class Contact:
             self.wait_s,
             self.repeat,
             self.switch,
+            self.gen,
         ]
 
     @classmethod
     def from_json(cls, case_id: str, value: list[Any]) -> Contact:
-        (event_id, at, channel, customer_id, stage, context, tr, esc, unres, wait, rep, sw) = value
+        (event_id, at, channel, customer_id, stage, context, tr, esc, unres, wait, rep, sw) = value[
+            :12
+        ]
         return cls(
             event_id,
             at,
@@ -113,6 +120,7 @@ class Contact:
             wait,
             rep,
             sw,
+            value[12] if len(value) > 12 else 0,
         )
 
     @property
@@ -140,31 +148,44 @@ def is_contact(
     return channel in rules.assisted_channels and (has_interaction or case_id is not None)
 
 
+CaseKey = tuple[str, str]
+"""(customer_id, case_id): a case belongs to its customer."""
+
+
 @dataclass
 class CaseBook:
-    """The contacts of every case, read through ``read`` (the identity table) and kept
-    in memory for a batch; :attr:`dirty` lists the cases to persist."""
+    """The contacts of the cases of one partition's customers, read through ``read``
+    (the partition's store) and kept in memory for a batch; :meth:`changes` gives the
+    cases to persist.
+
+    A case belongs to its customer: the same ``case_id`` under two customers that are
+    not (yet) one are two cases; when they merge, their contacts are combined
+    (:meth:`absorb`) and every contact's signals recomputed against its new
+    predecessor, exactly as if they had been one customer all along.
+    """
 
     rules: EffortRules
-    read: Callable[[str], list[Any] | None]
-    cases: dict[str, list[Contact]] = field(default_factory=dict)
-    dirty: set[str] = field(default_factory=set)
+    read: Callable[[str, str], list[Any] | None]
+    cases: dict[CaseKey, list[Contact]] = field(default_factory=dict)
+    dirty: set[CaseKey] = field(default_factory=set)
 
-    def contacts(self, case_id: str) -> list[Contact]:
-        held = self.cases.get(case_id)
+    def contacts(self, customer_id: str, case_id: str) -> list[Contact]:
+        key = (customer_id, case_id)
+        held = self.cases.get(key)
         if held is None:
-            stored = self.read(case_id) or []
-            held = self.cases[case_id] = [Contact.from_json(case_id, v) for v in stored]
+            stored = self.read(customer_id, case_id) or []
+            held = self.cases[key] = [Contact.from_json(case_id, v) for v in stored]
         return held
 
-    def apply(self, contact: Contact) -> list[tuple[Contact, int]]:
-        """Add (or, on a replay, refresh) a contact; the effort rows to write as
-        ``(contact, points before)``: the contact itself (points before -1 when new) and
-        its successor in the case, whose predecessor may have changed."""
+    def apply(self, owner: str, contact: Contact) -> list[tuple[Contact, int]]:
+        """Add a contact to its case under ``owner`` (the customer that holds it now);
+        the effort rows to write as ``(contact, points before)``: the contact itself
+        (points before -1 when new) and its successor in the case, whose predecessor
+        may have changed."""
         if contact.case_id is None:
             return [(contact, -1)]
-        case = self.contacts(contact.case_id)
-        self.dirty.add(contact.case_id)
+        case = self.contacts(owner, contact.case_id)
+        self.dirty.add((owner, contact.case_id))
         rank = (contact.at, contact.event_id)
         before = -1
         for i, held in enumerate(case):
@@ -183,9 +204,48 @@ class CaseBook:
             old = successor.points
             self._flags(case, index + 1)
             out.append((successor, old))
+        self._bound(case)
+        return out
+
+    def absorb(
+        self, owner: str, case_id: str, incoming: list[Contact]
+    ) -> list[tuple[Contact, int]]:
+        """Combine the contacts of a case handed over from a merged customer into the
+        same case of ``owner``: the contacts whose signals changed, with their points
+        before (the same contact in both is kept once). Which side came first does not
+        matter: the result is the case's contacts in event-time order, flagged.
+
+        The incoming contacts go one generation up (:attr:`Contact.gen`): the partition
+        they came from may write their rows again (it replays a batch cut short), and
+        those rows must not outrank the ones written from here."""
+        for c in incoming:
+            c.gen += 1
+        case = self.contacts(owner, case_id)
+        self.dirty.add((owner, case_id))
+        before = {c.event_id: (c.repeat, c.switch, c.points) for c in case}
+        before.update({c.event_id: (c.repeat, c.switch, c.points) for c in incoming})
+        merged = {c.event_id: c for c in incoming}
+        merged.update({c.event_id: c for c in case})
+        case[:] = sorted(merged.values(), key=lambda c: (c.at, c.event_id))
+        changed = []
+        for i, contact in enumerate(case):
+            self._flags(case, i)
+            was = before[contact.event_id]
+            if (contact.repeat, contact.switch) != was[:2]:
+                changed.append((contact, was[2]))
+        self._bound(case)
+        return changed
+
+    def take(self, customer_id: str, case_id: str) -> list[Contact]:
+        """Remove a case of a customer (handed over, or erased) and return its contacts."""
+        contacts = self.contacts(customer_id, case_id)
+        self.cases[(customer_id, case_id)] = []
+        self.dirty.add((customer_id, case_id))
+        return contacts
+
+    def _bound(self, case: list[Contact]) -> None:
         if len(case) > self.rules.max_contacts_per_case:
             del case[: len(case) - self.rules.max_contacts_per_case]
-        return out
 
     def _flags(self, case: list[Contact], i: int) -> None:
         c = case[i]
@@ -196,8 +256,8 @@ class CaseBook:
         c.repeat = c.at - previous.at <= self.rules.repeat_window_ms
         c.switch = previous.channel != c.channel
 
-    def changes(self) -> Mapping[str, list[list[Any]]]:
-        """The cases touched since the last call, as stored values."""
-        out = {case_id: [c.to_json() for c in self.cases[case_id]] for case_id in self.dirty}
+    def changes(self) -> Mapping[CaseKey, list[list[Any]]]:
+        """The cases touched since the last call, as stored values (empty: removed)."""
+        out = {key: [c.to_json() for c in self.cases[key]] for key in sorted(self.dirty)}
         self.dirty = set()
         return out

@@ -1,4 +1,4 @@
-"""Identity stitching: identifiers seen together belong to one customer, within guards.
+"""Identity resolution: identifiers seen together belong to one customer, within guards.
 
 The graph: nodes are normalised identifiers ``(kind, value)``; an event is an edge
 between every pair of identifiers it shows. A customer is a connected component,
@@ -19,41 +19,47 @@ starts a customer of its own. Every refusal is reported with its reason.
 (:func:`customer_id_for`), so a replayed event re-creates the same id. An id changes
 only when its customer merges into another. The survivor of a merge is, in order:
 the customer that holds a unique-kind identifier; the one first seen earlier (event
-time); the smaller id. The absorbed customer's journey is combined into the
-survivor's, its identifiers point to the survivor, and the merge is reported.
+time); the smaller id. The absorbed customer's identifiers point to the survivor and
+the merge is reported; its journey is combined with the survivor's where journeys are
+kept (``streams.domain.customers``, on the survivor's partition).
 
-**Idempotent replays.** Every event has a sequence number (the offset of the stitch
-record that carried it; sequence numbers only grow). A customer stores the highest
-sequence applied to it; an event replayed after a crash whose customer, as stored,
-already holds that sequence is not applied to the journey again, while identity
-operations (adding an identifier a customer owns, merging a customer it already
-absorbed) are no-ops by construction. A crash may cut a batch's writes short; they are
-made in an order that keeps every prefix replayable: live customers, then identifier
-nodes, then deleted customers, so a node never points at a customer that is gone while
-its survivor's pointers are unwritten, and an identifier its customer lists but whose
-node is missing is simply pointed again.
+**What the resolver keeps** is only what those decisions need: each identifier's
+customer (``n/<kind>:<value>``) and, per customer, its identifiers per kind, the ids it
+absorbed and the event time it was first seen (:class:`Identity`, ``c/<id>``). Every
+operation is idempotent: adding an identifier a customer owns, or merging a customer
+it already absorbed, changes nothing; the earliest event time only moves back. So a
+batch stitched again from the state before it decides exactly as it did the first
+time, and a batch whose writes were cut short is repaired as it is replayed. Writes
+keep every prefix replayable: live customers, then identifier nodes, then deleted
+customers, so a node never points at a customer that is gone while its survivor's
+pointers are unwritten. A prefix that ends before the deletions leaves the absorbed
+customer behind, unreachable (no node points at it, the replay finds the merge done);
+it is removed with its survivor on erasure (:meth:`Resolver.forget`).
 
 This module is pure: it reads state through two functions and keeps its writes in an
-overlay that the caller persists once per batch (:meth:`Stitcher.changes`).
+overlay that the caller persists once per batch (:meth:`Resolver.changes`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from schemas.customer import Customer, Merge, Refusal
-from streams.domain.journey import JourneyRules, TouchFacts, apply, combine
+import orjson
+
+from schemas.customer import Merge, Refusal
 
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_PRIORITY",
     "DEFAULT_UNIQUE_KINDS",
     "Changes",
+    "Identity",
     "IdentityRules",
-    "Stitched",
-    "Stitcher",
+    "Resolved",
+    "Resolver",
     "customer_id_for",
     "node_key",
 ]
@@ -77,6 +83,8 @@ DEFAULT_PRIORITY: tuple[str, ...] = (
     "device_id",
     "anonymous_id",
 )
+#: first_seen of a customer that has no counted event yet (ranks after every other)
+NEVER = 2**62
 
 
 def node_key(kind: str, value: str) -> str:
@@ -116,14 +124,54 @@ class IdentityRules:
         return sorted(identifiers.items(), key=lambda kv: (rank.get(kv[0], last), kv[0], kv[1]))
 
 
+@dataclass(slots=True)
+class Identity:
+    """A customer as the resolver knows it: identifiers, absorbed ids, first seen.
+
+    ``identifiers`` maps kind to the values it owns, in the order they joined.
+    ``absorbed`` lists every customer id merged into this one (directly or through an
+    earlier merge). ``first_seen`` is the event time of its earliest counted event
+    (:data:`NEVER` before any), which ranks survivors.
+    """
+
+    customer_id: str
+    identifiers: dict[str, list[str]] = field(default_factory=dict)
+    absorbed: list[str] = field(default_factory=list)
+    first_seen: int = NEVER
+
+    def count(self, kind: str) -> int:
+        return len(self.identifiers.get(kind, ()))
+
+    def has(self, kind: str, value: str) -> bool:
+        return value in self.identifiers.get(kind, ())
+
+    def nodes(self) -> list[tuple[str, str]]:
+        """Every (kind, value) this customer owns."""
+        return [(kind, value) for kind, values in self.identifiers.items() for value in values]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps([self.identifiers, self.absorbed, self.first_seen])
+
+    @classmethod
+    def from_json(cls, customer_id: str, data: bytes | str) -> Identity:
+        identifiers, absorbed, first_seen = orjson.loads(data)
+        return cls(customer_id, identifiers, absorbed, first_seen)
+
+    def snapshot(self) -> list[Any]:
+        """What a customer's partition stores of its identity: identifiers and absorbed
+        (copies: the resolver goes on changing its own)."""
+        return [{k: list(v) for k, v in self.identifiers.items()}, list(self.absorbed)]
+
+
 @dataclass(frozen=True, slots=True)
-class Stitched:
-    """The outcome for one event: its customer and what happened on the way."""
+class Resolved:
+    """The outcome for one event: its customer, what happened on the way, and the live
+    customers whose identifiers or absorbed ids changed (their partitions are told)."""
 
     customer_id: str
     merges: tuple[Merge, ...]
     refusals: tuple[Refusal, ...]
-    applied: bool  # False when the journey already held this event (replayed batch)
+    changed: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -131,37 +179,32 @@ class Changes:
     """Writes of one batch, coalesced: the last value of every key touched."""
 
     nodes: dict[str, str | None]
-    customers: dict[str, Customer | None]
+    identities: dict[str, Identity | None]
 
 
-class Stitcher:
-    """Stitches the events of one batch against the state the two readers see.
+class Resolver:
+    """Resolves the events of one batch against the state the two readers see.
 
     ``read_node(key)`` returns the customer id an identifier points to, or None;
-    ``read_customer(id)`` returns the stored customer, or None. Reads are cached and
-    writes are kept in memory until :meth:`changes`, so a customer touched by many
-    events of a batch is read once and written once.
+    ``read_identity(id)`` returns the stored :class:`Identity`, or None. Reads are
+    cached and writes kept in memory until :meth:`changes`, so a customer touched by
+    many events of a batch is read once and written once.
     """
 
     def __init__(
         self,
         rules: IdentityRules,
-        journey_rules: JourneyRules,
         read_node: Callable[[str], str | None],
-        read_customer: Callable[[str], Customer | None],
-        seq: int = 0,
+        read_identity: Callable[[str], Identity | None],
     ) -> None:
         self._rules = rules
-        self._journey_rules = journey_rules
         self._read_node = read_node
-        self._read_customer = read_customer
-        self._seq = seq
+        self._read_identity = read_identity
         self._nodes: dict[str, str | None] = {}
-        self._customers: dict[str, Customer | None] = {}
+        self._identities: dict[str, Identity | None] = {}
         self._dirty_nodes: set[str] = set()
-        self._dirty_customers: set[str] = set()
-        #: the sequence each customer held as stored (what a replay may already contain)
-        self._stored_seq: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self._changed: dict[str, None] = {}
 
     # -- reads through the overlay -------------------------------------------------
 
@@ -172,36 +215,30 @@ class Stitcher:
         owner = self._nodes[key] = self._read_node(key)
         return owner
 
-    def customer(self, customer_id: str) -> Customer | None:
-        if customer_id in self._customers:
-            return self._customers[customer_id]
-        found = self._customers[customer_id] = self._read_customer(customer_id)
-        self._stored_seq[customer_id] = -1 if found is None else found.seq
+    def identity(self, customer_id: str) -> Identity | None:
+        if customer_id in self._identities:
+            return self._identities[customer_id]
+        found = self._identities[customer_id] = self._read_identity(customer_id)
         return found
 
-    # -- the batch ---------------------------------------------------------------------
+    # -- one event ---------------------------------------------------------------------
 
-    def stitch(
-        self,
-        identifiers: Mapping[str, str],
-        touch: TouchFacts,
-        seq: int | None = None,
-        *,
-        count: bool = True,
-    ) -> Stitched:
-        """Link the event's identifiers, update the journey, return the event's customer.
+    def resolve(
+        self, identifiers: Mapping[str, str], event_id: str, at: int, *, count: bool = True
+    ) -> Resolved:
+        """Link the event's identifiers and return its customer.
 
-        ``seq`` is the event's sequence number (default: the one given to the stitcher).
-        ``count=False`` links identifiers only: for an event the caller knows was
-        already counted (a repeat of its ``event_id``).
+        ``count=False`` links identifiers only, for an event the caller knows was
+        already counted (a repeat of its ``event_id``): its time does not move the
+        customer's first seen.
         """
-        seq = self._seq if seq is None else seq
+        self._changed = {}
         merges: list[Merge] = []
         refusals: list[Refusal] = []
-        current: Customer | None = None
+        current: Identity | None = None
         for kind, value in self._rules.order(identifiers):
             owner_id = self.owner(kind, value)
-            if owner_id is not None and self.customer(owner_id) is None:
+            if owner_id is not None and self.identity(owner_id) is None:
                 owner_id = None  # a node left behind by a write cut short: repair it
             if owner_id is None:
                 if current is None:
@@ -217,12 +254,7 @@ class Stitcher:
                     other = self._create(kind, value)
                     refusals.append(
                         Refusal(
-                            touch.event_id,
-                            kind,
-                            value,
-                            current.customer_id,
-                            other.customer_id,
-                            reason,
+                            event_id, kind, value, current.customer_id, other.customer_id, reason
                         )
                     )
                 continue
@@ -237,83 +269,76 @@ class Stitcher:
             reason = self._refuse_merge(current, owner)
             if reason is not None:
                 refusals.append(
-                    Refusal(
-                        touch.event_id, kind, value, current.customer_id, owner.customer_id, reason
-                    )
+                    Refusal(event_id, kind, value, current.customer_id, owner.customer_id, reason)
                 )
                 continue
             survivor, absorbed = self._survivor(current, owner)
-            merges.append(self._merge(survivor, absorbed, kind, touch))
+            merges.append(self._merge(survivor, absorbed, kind, event_id, at))
             current = survivor
         assert current is not None, "an accepted event has at least one identifier"
-        applied = count and seq > self._stored_seq.get(current.customer_id, -1)
-        if applied:
-            apply(current.journey, touch, self._journey_rules)
-            current.seq = max(current.seq, seq)
-        self._touch(current)
-        return Stitched(current.customer_id, tuple(merges), tuple(refusals), applied)
+        if count and at < current.first_seen:
+            current.first_seen = at
+            self._dirty.add(current.customer_id)
+        changed = tuple(c for c in self._changed if self._identities.get(c) is not None)
+        return Resolved(current.customer_id, tuple(merges), tuple(refusals), changed)
 
     def changes(self) -> Changes:
         """The writes to persist, in the order to write them: the live customers, then the
-        nodes, then the deletions (``None``, last in ``customers``), so a write cut short
-        never leaves a node pointing at a deleted customer (see the module docstring)."""
-        dirty = sorted(self._dirty_customers)
-        live = [k for k in dirty if self._customers[k] is not None]
-        gone = [k for k in dirty if self._customers[k] is None]
+        nodes, then the deletions (``None``, last in ``identities``), so a write cut short
+        never leaves a node pointing at a deleted customer."""
+        dirty = sorted(self._dirty)
+        live = [k for k in dirty if self._identities[k] is not None]
+        gone = [k for k in dirty if self._identities[k] is None]
         return Changes(
             nodes={k: self._nodes[k] for k in sorted(self._dirty_nodes)},
-            customers={k: self._customers[k] for k in (*live, *gone)},
+            identities={k: self._identities[k] for k in (*live, *gone)},
         )
 
     def forget(self, customer_id: str) -> list[tuple[str, str]]:
         """Remove a customer and its identifiers (erasure); return the identifiers removed."""
-        customer = self.customer(customer_id)
-        if customer is None:
+        identity = self.identity(customer_id)
+        if identity is None:
             return []
-        removed = customer.nodes()
+        removed = identity.nodes()
         for kind, value in removed:
             key = node_key(kind, value)
             self._nodes[key] = None
             self._dirty_nodes.add(key)
-        self._customers[customer_id] = None
-        self._dirty_customers.add(customer_id)
+        self._identities[customer_id] = None
+        self._dirty.add(customer_id)
+        for absorbed in identity.absorbed:
+            # a merge whose writes a crash cut short before its deletions leaves the
+            # absorbed customer behind (no identifier points at it): it goes too
+            if self.identity(absorbed) is not None:
+                self._identities[absorbed] = None
+                self._dirty.add(absorbed)
         return removed
-
-    def mark_dirty(self, customer: Customer) -> None:
-        """Persist ``customer`` (changed by the caller) with this batch."""
-        self._customers[customer.customer_id] = customer
-        self._dirty_customers.add(customer.customer_id)
-
-    def touched(self) -> Iterable[Customer]:
-        """Customers written in this batch (not removed)."""
-        for customer_id in sorted(self._dirty_customers):
-            customer = self._customers[customer_id]
-            if customer is not None:
-                yield customer
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _must(self, customer_id: str) -> Customer:
-        customer = self.customer(customer_id)
-        if customer is None:
+    def _must(self, customer_id: str) -> Identity:
+        identity = self.identity(customer_id)
+        if identity is None:
             raise LookupError(f"identifier points to missing customer {customer_id}")
-        return customer
+        return identity
 
-    def _create(self, kind: str, value: str) -> Customer:
+    def _create(self, kind: str, value: str) -> Identity:
         customer_id = customer_id_for(kind, value)
-        existing = self.customer(customer_id)  # a replay that persisted it already
-        customer = existing if existing is not None else Customer(customer_id)
-        self._customers[customer_id] = customer
-        if not customer.has(kind, value):
-            customer.identifiers.setdefault(kind, []).append(value)
+        existing = self.identity(customer_id)  # a replay that persisted it already
+        identity = existing if existing is not None else Identity(customer_id)
+        self._identities[customer_id] = identity
+        if not identity.has(kind, value):
+            identity.identifiers.setdefault(kind, []).append(value)
+            self._changed[customer_id] = None
         self._point(kind, value, customer_id)
-        self._touch(customer)
-        return customer
+        self._dirty.add(customer_id)
+        return identity
 
-    def _add(self, customer: Customer, kind: str, value: str) -> None:
-        customer.identifiers.setdefault(kind, []).append(value)
-        self._point(kind, value, customer.customer_id)
-        self._touch(customer)
+    def _add(self, identity: Identity, kind: str, value: str) -> None:
+        identity.identifiers.setdefault(kind, []).append(value)
+        self._point(kind, value, identity.customer_id)
+        self._dirty.add(identity.customer_id)
+        self._changed[identity.customer_id] = None
 
     def _point(self, kind: str, value: str, customer_id: str) -> None:
         key = node_key(kind, value)
@@ -321,18 +346,15 @@ class Stitcher:
             self._nodes[key] = customer_id
             self._dirty_nodes.add(key)
 
-    def _touch(self, customer: Customer) -> None:
-        self._dirty_customers.add(customer.customer_id)
-
-    def _refuse_add(self, customer: Customer, kind: str, value: str) -> str | None:
-        count = customer.count(kind)
+    def _refuse_add(self, identity: Identity, kind: str, value: str) -> str | None:
+        count = identity.count(kind)
         if kind in self._rules.unique_kinds and count >= 1:
             return f"unique:{kind}"
         if count + 1 > self._rules.limit(kind):
             return f"limit:{kind}"
         return None
 
-    def _refuse_merge(self, a: Customer, b: Customer) -> str | None:
+    def _refuse_merge(self, a: Identity, b: Identity) -> str | None:
         if b.customer_id in a.absorbed or a.customer_id in b.absorbed:
             return None  # a replay of a merge that was half-persisted
         for kind, _ in self._rules.order(dict.fromkeys({*a.identifiers, *b.identifiers}, "")):
@@ -343,11 +365,10 @@ class Stitcher:
                 return f"limit:{kind}"
         return None
 
-    def _survivor(self, a: Customer, b: Customer) -> tuple[Customer, Customer]:
-        def rank(c: Customer) -> tuple[bool, int, str]:
+    def _survivor(self, a: Identity, b: Identity) -> tuple[Identity, Identity]:
+        def rank(c: Identity) -> tuple[bool, int, str]:
             anchored = any(c.count(kind) for kind in self._rules.unique_kinds)
-            first = c.journey.first_seen or 2**62
-            return (not anchored, first, c.customer_id)
+            return (not anchored, c.first_seen, c.customer_id)
 
         if b.customer_id in a.absorbed:
             return a, b
@@ -355,8 +376,9 @@ class Stitcher:
             return b, a
         return (a, b) if rank(a) <= rank(b) else (b, a)
 
-    def _merge(self, survivor: Customer, absorbed: Customer, kind: str, touch: TouchFacts) -> Merge:
-        replay = absorbed.customer_id in survivor.absorbed
+    def _merge(
+        self, survivor: Identity, absorbed: Identity, kind: str, event_id: str, at: int
+    ) -> Merge:
         for node_kind, value in absorbed.nodes():
             if not survivor.has(node_kind, value):
                 survivor.identifiers.setdefault(node_kind, []).append(value)
@@ -365,22 +387,17 @@ class Stitcher:
         for customer_id in redirected:
             if customer_id not in survivor.absorbed:
                 survivor.absorbed.append(customer_id)
-        if not replay:
-            combine(survivor.journey, absorbed.journey, self._journey_rules)
-        survivor.seq = max(survivor.seq, absorbed.seq)
-        # what either held as stored, the survivor now holds
-        self._stored_seq[survivor.customer_id] = max(
-            self._stored_seq.get(survivor.customer_id, -1),
-            self._stored_seq.get(absorbed.customer_id, -1),
-        )
-        self._customers[absorbed.customer_id] = None
-        self._dirty_customers.add(absorbed.customer_id)
-        self._touch(survivor)
+        survivor.first_seen = min(survivor.first_seen, absorbed.first_seen)
+        self._identities[absorbed.customer_id] = None
+        self._dirty.add(absorbed.customer_id)
+        self._dirty.add(survivor.customer_id)
+        self._changed[survivor.customer_id] = None
+        self._changed.pop(absorbed.customer_id, None)
         return Merge(
             absorbed.customer_id,
             survivor.customer_id,
             f"shared_identifier:{kind}",
-            touch.event_id,
-            touch.at,
+            event_id,
+            at,
             redirected,
         )

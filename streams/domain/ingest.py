@@ -19,7 +19,7 @@ orjson reads as floats (beyond 64 bits) are found when the row is serialised.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +34,14 @@ from sinks.rows import event_row
 from streams.domain.dedup import DuplicateWindow
 from streams.domain.identifiers import IdentifierPolicy, normalise_identifiers
 
-__all__ = ["IngestRules", "Triage", "channel_of_topic", "ingest", "triage"]
+__all__ = [
+    "IngestRules",
+    "Triage",
+    "channel_of_topic",
+    "chunk_rows",
+    "ingest",
+    "triage",
+]
 
 FLAG_IN_FUTURE = "event_in_future"
 FLAG_TOO_OLD = "event_too_old"
@@ -409,3 +416,20 @@ def triage(
         else:
             accepted.append(outcome)
     return Triage(accepted, duplicates, dead_letters)
+
+
+def chunk_rows(encoded: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """Join JSON-encoded rows into JSON arrays of at most ``max_bytes`` each (one row
+    larger than that gets an array of its own)."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 2
+    for item in encoded:
+        if current and size + len(item) + 1 > max_bytes:
+            chunks.append(b"[" + b",".join(current) + b"]")
+            current, size = [], 2
+        current.append(item)
+        size += len(item) + 1
+    if current:
+        chunks.append(b"[" + b",".join(current) + b"]")
+    return chunks

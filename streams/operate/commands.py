@@ -81,11 +81,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"cannot start: {exc}") from None
 
+    from streams.operate.migrate_state import legacy_state_pending
     from streams.runtime.app import clean_run, create_worker
     from streams.runtime.topics import (
         discover_input_topics,
         ensure_changelog_topics,
-        ensure_stitch_topic,
+        ensure_internal_topics,
         ensure_topics,
     )
 
@@ -94,7 +95,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await ensure_topics(
             settings, [settings.dlq_topic, settings.alerts_topic, settings.merges_topic]
         )
-        await ensure_stitch_topic(settings)
+        if await legacy_state_pending(settings):
+            raise SystemExit(
+                "cannot start: this deployment holds state of the single-partition layout "
+                f"({settings.app_id}-identity-changelog) and none of this version's; stop every "
+                "worker and run `touchpoint migrate-state` first (see README: Upgrading)"
+            )
+        await ensure_internal_topics(settings)
         await ensure_changelog_topics(settings)
         found = await discover_input_topics(settings)
         for name, count in found.refused.items():
@@ -171,6 +178,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_state(args: argparse.Namespace) -> int:
+    """Carry the single-partition layout's stream state forward (see migrate_state)."""
+    from streams.operate.migrate_state import MigrationError, migrate_state
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+
+    def progress(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    try:
+        report = _guarded(
+            settings,
+            migrate_state(settings, dry_run=args.dry_run, force=args.force, progress=progress),
+        )
+    except MigrationError as exc:
+        raise SystemExit(f"touchpoint migrate-state: {exc}") from None
+    for line in report.lines():
+        _out(line)
+    if args.dry_run and not report.nothing_to_do:
+        _out("dry run: nothing written (run again with --apply)")
+    return 0
+
+
 # --- erase -------------------------------------------------------------------------------
 
 
@@ -183,7 +214,7 @@ async def _erase(settings: Settings, kind: str, value: str, wait_s: float) -> di
 
     from streams.domain.identifiers import normalise_identifiers
     from streams.runtime.app import ingest_rules, open_clickhouse
-    from streams.runtime.topics import stitch_topic_name
+    from streams.runtime.topics import resolve_topic_name
 
     normalised = normalise_identifiers({kind: value}, ingest_rules(settings).identifiers)
     if kind not in normalised.kept:
@@ -203,7 +234,7 @@ async def _erase(settings: Settings, kind: str, value: str, wait_s: float) -> di
     await producer.start()
     try:
         await producer.send_and_wait(
-            stitch_topic_name(settings), orjson.dumps(request), partition=0
+            resolve_topic_name(settings), orjson.dumps(request), partition=0
         )
     finally:
         await producer.stop()
@@ -632,6 +663,19 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     ``effort-check`` and ``report`` to the ``touchpoint`` parser."""
     add("worker", cmd_worker, "run the stream processor (Faust agents) until interrupted")
     add("migrate", cmd_migrate, "create or upgrade the ClickHouse schema (idempotent)")
+    migrate_state = add(
+        "migrate-state",
+        cmd_migrate_state,
+        "upgrade the stream state of a deployment from the single-partition layout (one "
+        "stitch partition) to the resolver and customer partitions; workers stopped first. "
+        "A dry run by default",
+    )
+    migrate_state.add_argument(
+        "--apply", dest="dry_run", action="store_false", help="write the new state"
+    )
+    migrate_state.add_argument(
+        "--force", action="store_true", help="write over state the new layout already has"
+    )
     schema = add("schema", cmd_schema, "print the JSON Schema of a v1 touchpoint event")
     schema.add_argument("--output", "-o", help="write to this file instead of stdout")
     config = add("config", cmd_config, "print the effective settings, secrets masked")

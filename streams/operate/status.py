@@ -25,7 +25,7 @@ from schemas.clickhouse import migrations, quote_identifier
 from streams.runtime.topics import (
     InputTopics,
     discover_input_topics,
-    stitch_topic_name,
+    internal_topics,
     uncommitted,
 )
 from streams.settings import Settings
@@ -193,7 +193,7 @@ async def check_consumer_lag(deployment: Deployment) -> Finding:
     """Messages each topic's partitions hold beyond what the worker group committed."""
     settings = deployment.settings
     found = await deployment.input_topics()
-    topics = [*found.usable, stitch_topic_name(settings), settings.alerts_topic]
+    topics = [*found.usable, *internal_topics(settings), settings.alerts_topic]
     behind = await asyncio.wait_for(
         uncommitted(
             settings.kafka_bootstrap,

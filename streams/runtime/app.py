@@ -21,27 +21,30 @@ from sinks.alerts import ClickHouseLedger
 from sinks.clickhouse import ClickHouseSink
 from sinks.dead_letters import DeadLetterPublisher
 from sinks.webhooks import Deliverer
+from streams.domain.customers import PartitionRules, ScoreRules
 from streams.domain.dedup import DuplicateWindow
 from streams.domain.effort import EffortRules
 from streams.domain.identifiers import IdentifierPolicy
 from streams.domain.identity import IdentityRules
 from streams.domain.ingest import IngestRules
 from streams.domain.journey import JourneyRules
-from streams.domain.scores import Rolling
-from streams.domain.stitching import ScoreRules
 from streams.runtime.agents import register_agents
 from streams.runtime.batching import BatchingApp
 from streams.runtime.lifecycle import retry_until_ready, survives
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.reconcile import LedgerWatch
 from streams.runtime.topics import (
+    CUSTOMERS_TABLE,
     DEDUP_TABLE,
-    IDENTITY_TABLE,
+    DETECTOR_TABLE,
+    RESOLVER_TABLE,
+    customers_topic_name,
     discover_input_topics,
-    stitch_topic_name,
+    resolve_topic_name,
+    tallies_topic_name,
 )
 from streams.runtime.web import install_pages
-from streams.runtime.worker import ROLLING_HORIZON_MS, Worker
+from streams.runtime.worker import Worker
 from streams.settings import Settings
 
 __all__ = [
@@ -51,9 +54,18 @@ __all__ = [
     "ingest_rules",
     "journey_rules",
     "open_clickhouse",
+    "partition_rules",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: RocksDB options of the state tables, per partition's database: bounded caches (Faust's
+#: defaults reserve up to 2 GiB of block cache and 192 MB of write buffers per database).
+STATE_OPTIONS: dict[str, Any] = {
+    "block_cache_size": 32 * 1024 * 1024,
+    "write_buffer_size": 16 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+}
 
 
 def ingest_rules(settings: Settings) -> IngestRules:
@@ -81,20 +93,24 @@ def clean_run(worker: Worker) -> Iterator[None]:
     """Mark the local state as in use while the worker runs; rebuild it after a crash.
 
     RocksDB takes a table write at once while its changelog records are sent later (the
-    stitch agent sends them once the batch's rows are stored), so a worker killed in
+    owners send them once the batch's rows are stored), so a worker killed in
     between, or stopped with sends outstanding, keeps local writes its changelog never
     saw.
-    After such an unclean stop the identity table's local files are removed and Faust
+    After such an unclean stop the state tables' local files are removed and Faust
     restores them from the changelog, which is the truth every other worker shares.
     """
     settings = worker.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     marker = settings.data_dir / f"{settings.app_id}.running"
     if marker.exists():
-        stale = sorted(Path(worker.app.conf.tabledir).glob(f"{IDENTITY_TABLE}-*"))
+        stale = sorted(
+            path
+            for table in (RESOLVER_TABLE, CUSTOMERS_TABLE, DETECTOR_TABLE)
+            for path in Path(worker.app.conf.tabledir).glob(f"{table}-*")
+        )
         logger.warning(
-            "the previous run did not stop cleanly: rebuilding the identity state from its "
-            "changelog (removing %d local files)",
+            "the previous run did not stop cleanly: rebuilding the resolver, customers and "
+            "detector state from their changelogs (removing %d local files)",
             len(stale),
         )
         for path in stale:
@@ -105,8 +121,8 @@ def clean_run(worker: Worker) -> Iterator[None]:
     finally:
         if worker.unsent_state:
             logger.warning(
-                "stopping with %d stitch batches not yet in the changelog: the identity "
-                "state will be rebuilt from the changelog at the next start",
+                "stopping with %d batches not yet in the changelogs: the state will be "
+                "rebuilt from the changelogs at the next start",
                 worker.unsent_state,
             )
         else:
@@ -120,6 +136,20 @@ def identity_rules(settings: Settings) -> IdentityRules:
         default_limit=settings.identity_default_limit,
         unique_kinds=frozenset(settings.identity_unique_kinds),
         priority=tuple(settings.identity_priority),
+    )
+
+
+def partition_rules(settings: Settings) -> PartitionRules:
+    """What the customer partitions decide by: journeys, effort, scores, partitions."""
+    return PartitionRules(
+        journey=journey_rules(settings),
+        effort=EffortRules(
+            assisted_channels=frozenset(settings.effort_assisted_channels),
+            repeat_window_ms=int(settings.effort_repeat_window_s * 1000),
+            max_contacts_per_case=settings.effort_max_contacts_per_case,
+        ),
+        scores=ScoreRules(settings.score_bucket_s * 1000, tuple(settings.score_segments)),
+        partitions=settings.customers_partitions,
     )
 
 
@@ -202,7 +232,12 @@ def create_worker(
         web_port=settings.web_port,
         loghandlers=[],
     )
-    app.batched_topics = frozenset((*input_topics, stitch_topic_name(settings)))
+    internal = (
+        resolve_topic_name(settings),
+        customers_topic_name(settings),
+        tallies_topic_name(settings),
+    )
+    app.batched_topics = frozenset((*input_topics, *internal))
     app.stream_wait_empty_timeout = settings.revoke_wait_s
     input_topic = app.topic(
         *(input_topics or ("touchpoints.all",)),
@@ -218,21 +253,47 @@ def create_worker(
         partitions=settings.topic_partitions,
         help="Event ids accepted recently, one entry per input batch (the duplicate window).",
     )
-    stitch_topic = app.topic(
-        stitch_topic_name(settings),
-        partitions=1,
-        key_type=None,
-        value_type=None,
-        key_serializer="raw",
-        value_serializer="raw",
-        acks=True,
-    )
-    identity_table = app.Table(
-        IDENTITY_TABLE,
+
+    def internal_topic(name: str, partitions: int) -> Any:
+        return app.topic(
+            name,
+            partitions=partitions,
+            key_type=None,
+            value_type=None,
+            key_serializer="raw",
+            value_serializer="raw",
+            acks=True,
+        )
+
+    customers_partitions = settings.customers_partitions
+    resolve_topic = internal_topic(resolve_topic_name(settings), 1)
+    customers_topic = internal_topic(customers_topic_name(settings), customers_partitions)
+    tallies_topic = internal_topic(tallies_topic_name(settings), 1)
+    resolver_table = app.Table(
+        RESOLVER_TABLE,
         default=None,
         partitions=1,
         value_type=bytes,
-        help="Identifiers (n/kind:value -> customer id) and customers (c/id -> JSON).",
+        options=dict(STATE_OPTIONS),
+        help="Identifiers (n/kind:value -> customer id), identities (c/id), the resolver's "
+        "duplicate window and watermarks.",
+    )
+    customers_table = app.Table(
+        CUSTOMERS_TABLE,
+        default=None,
+        partitions=customers_partitions,
+        value_type=bytes,
+        options=dict(STATE_OPTIONS),
+        help="Per customers partition: customers (c/id), cases (k/id/case), markers of "
+        "customers merged away (g/id), the partition's progress (p/n).",
+    )
+    detector_table = app.Table(
+        DETECTOR_TABLE,
+        default=None,
+        partitions=1,
+        value_type=bytes,
+        options=dict(STATE_OPTIONS),
+        help="The score-drop detector's hysteresis, cooldowns and each partition's progress.",
     )
     app.topic(settings.merges_topic, key_serializer="raw", value_serializer="raw")
     alerts_topic = app.topic(
@@ -252,28 +313,22 @@ def create_worker(
         app=app,
         input_topic=input_topic,
         dedup_table=dedup_table,
-        stitch_topic=stitch_topic,
-        identity_table=identity_table,
+        resolve_topic=resolve_topic,
+        customers_topic=customers_topic,
+        tallies_topic=tallies_topic,
+        resolver_table=resolver_table,
+        customers_table=customers_table,
+        detector_table=detector_table,
         rules=ingest_rules(settings),
         identity_rules=identity_rules(settings),
-        journey_rules=journey_rules(settings),
+        partition_rules=partition_rules(settings),
         window=DuplicateWindow(
             window_ms=int(settings.dedup_window_s * 1000),
             max_ids_per_partition=settings.dedup_max_ids_per_partition,
         ),
-        stitch_window=DuplicateWindow(
-            window_ms=int(settings.dedup_window_s * 1000),
-            max_ids_per_partition=settings.stitch_dedup_max_ids,
-        ),
         metrics=WorkerMetrics(),
         dead_letters=DeadLetterPublisher(app.producer, settings.dlq_topic),
-        score_rules=ScoreRules(settings.score_bucket_s * 1000, tuple(settings.score_segments)),
-        effort_rules=EffortRules(
-            assisted_channels=frozenset(settings.effort_assisted_channels),
-            repeat_window_ms=int(settings.effort_repeat_window_s * 1000),
-            max_contacts_per_case=settings.effort_max_contacts_per_case,
-        ),
-        rolling=Rolling(settings.score_bucket_s * 1000, ROLLING_HORIZON_MS),
+        alert_rules=settings.alerts,
         alerts_topic=alerts_topic,
         webhook_keys=keys,
     )
@@ -371,7 +426,7 @@ def create_worker(
         new = set(found.usable) - set(input_topic.topics)
         if new:
             logger.info("new input topics: %s", ", ".join(sorted(new)))
-            app.batched_topics = frozenset((*found.usable, stitch_topic_name(settings)))
+            app.batched_topics = frozenset((*found.usable, *internal))
             subscribed = set(input_topic.topics)
             # the agent iterates a clone of the topic; every copy the conductor holds changes
             for channel in [input_topic, *app.topics]:

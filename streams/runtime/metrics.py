@@ -92,19 +92,19 @@ class WorkerMetrics:
             "touchpoint_dedup_ids", "Event ids in the duplicate window", registry=r
         )
         self.forwarded = Counter(
-            "touchpoint_events_forwarded", "Accepted events forwarded to stitching", registry=r
+            "touchpoint_events_forwarded", "Accepted events forwarded to the resolver", registry=r
         )
         self.stitched = Counter(
-            "touchpoint_events_stitched", "Events given a customer by the stitch agent", registry=r
+            "touchpoint_events_stitched", "Events given a customer by the resolver", registry=r
         )
         self.stitch_replayed = Counter(
             "touchpoint_events_stitch_replayed",
-            "Events of a replayed stitch batch already held by the journey (not counted again)",
+            "Events of a resolve record routed before a restart (not routed again)",
             registry=r,
         )
         self.stitch_duplicates = Counter(
             "touchpoint_events_stitch_duplicate",
-            "Events whose event_id was stitched before from another record (not counted again)",
+            "Events whose event_id was resolved before from another record (not counted again)",
             registry=r,
         )
         self.merges = Counter(
@@ -129,7 +129,23 @@ class WorkerMetrics:
             registry=r,
         )
         self.stitch_lag = Gauge(
-            "touchpoint_stitch_batch_seconds", "Time to stitch the last stitch record", registry=r
+            "touchpoint_stitch_batch_seconds", "Time to resolve the last resolve batch", registry=r
+        )
+        self.customer_events = Counter(
+            "touchpoint_customer_events",
+            "Events applied to journeys by the customer partitions this worker holds",
+            registry=r,
+        )
+        self.customer_batch_seconds = Histogram(
+            "touchpoint_customer_batch_seconds",
+            "Time to process a batch of a customers partition",
+            registry=r,
+        )
+        self.handovers = Counter(
+            "touchpoint_handovers",
+            "Merged customers handed over between partitions (sent, combined, forwarded)",
+            ["outcome"],
+            registry=r,
         )
         self.unaccounted = Gauge(
             "touchpoint_unaccounted_offsets",
@@ -139,7 +155,10 @@ class WorkerMetrics:
             registry=r,
         )
         self.alerts_fired = Counter(
-            "touchpoint_alerts_fired", "Alerts fired by the stitch agent", ["type"], registry=r
+            "touchpoint_alerts_fired",
+            "Alerts fired by the customer partitions and the detector",
+            ["type"],
+            registry=r,
         )
         self.alert_deliveries = Counter(
             "touchpoint_alert_deliveries",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sinks.ledger import holes, ledger_ranges, ledger_start, missing_outcomes, span
-from streams.runtime.topics import discover_input_topics, stitch_topic_name, uncommitted
+from streams.runtime.topics import discover_input_topics, internal_topics, uncommitted
 from streams.settings import Settings
 
 __all__ = ["LedgerWatch", "PartitionCheck", "Reconciliation", "reconcile"]
@@ -178,9 +178,11 @@ async def reconcile(settings: Settings, client: Any) -> Reconciliation:
     """Reconcile every input partition of the deployment ``settings`` names."""
     found = await discover_input_topics(settings)
     offsets = await _kafka_offsets(settings, found.usable)
-    stitch = stitch_topic_name(settings)
     behind = await uncommitted(
-        settings.kafka_bootstrap, settings.app_id, [stitch], **settings.kafka_client_options()
+        settings.kafka_bootstrap,
+        settings.app_id,
+        list(internal_topics(settings)),
+        **settings.kafka_client_options(),
     )
     pending = sum(end - at for at, end in behind.values())
     report = Reconciliation([], pending)

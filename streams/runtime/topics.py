@@ -5,9 +5,12 @@ at start and re-discovered while running, so a new channel needs no code change.
 Output: ``touchpoints.dlq`` (dead letters), ``touchpoints.identity_merges`` and
 ``touchpoints.alerts``; never consumed as input.
 Internal: the changelog of the duplicate window, ``<app_id>-dedup-window-changelog``,
-co-partitioned with the input topics; ``<app_id>-stitch`` (one partition: accepted
-events on their way to identity stitching, and control records such as erasures) and
-the changelog of the identity table, ``<app_id>-identity-changelog``.
+co-partitioned with the input topics; ``<app_id>-resolve`` (one partition: accepted events
+on their way to the resolver, and control records such as erasures);
+``<app_id>-customers`` (``customer_partitions``: each event with its customer id, keyed by
+customer); ``<app_id>-tallies`` (one partition: every customers partition's score tallies
+for the score-drop detector); and the changelogs of the resolver's, the customers' and
+the detector's tables.
 """
 
 from __future__ import annotations
@@ -26,15 +29,21 @@ from aiokafka.errors import TopicAlreadyExistsError
 from streams.settings import Settings
 
 __all__ = [
+    "CUSTOMERS_TABLE",
     "DEDUP_TABLE",
-    "IDENTITY_TABLE",
+    "DETECTOR_TABLE",
+    "LEGACY_IDENTITY_TABLE",
+    "RESOLVER_TABLE",
     "InputTopics",
     "changelog_topics",
+    "customers_topic_name",
     "discover_input_topics",
     "ensure_changelog_topics",
-    "ensure_stitch_topic",
+    "ensure_internal_topics",
     "ensure_topics",
-    "stitch_topic_name",
+    "internal_topics",
+    "resolve_topic_name",
+    "tallies_topic_name",
     "uncommitted",
 ]
 
@@ -42,47 +51,81 @@ logger = logging.getLogger(__name__)
 
 #: Name of the table holding the duplicate window (its changelog is ``<app_id>-<name>-changelog``).
 DEDUP_TABLE = "dedup-window"
-#: Name of the table holding identifiers and customers (one partition).
-IDENTITY_TABLE = "identity"
+#: The resolver's table (one partition): identifiers, identities, its duplicate window.
+RESOLVER_TABLE = "resolver"
+#: The customers' table, co-partitioned with the customers topic.
+CUSTOMERS_TABLE = "customers"
+#: The score-drop detector's table (one partition).
+DETECTOR_TABLE = "detector"
+#: The single-partition layout's table (identity, journeys, cases), read by
+#: ``touchpoint migrate-state``.
+LEGACY_IDENTITY_TABLE = "identity"
 
 
-def stitch_topic_name(settings: Settings) -> str:
-    """The internal topic between the ingest and stitch agents (one partition)."""
-    return f"{settings.app_id}-stitch"
+def resolve_topic_name(settings: Settings) -> str:
+    """The internal topic between ingest and the resolver (one partition)."""
+    return f"{settings.app_id}-resolve"
 
 
-async def ensure_stitch_topic(settings: Settings) -> None:
-    """Create the stitch topic with one partition, or check that it has exactly one.
+def customers_topic_name(settings: Settings) -> str:
+    """The internal topic between the resolver and the customer partitions."""
+    return f"{settings.app_id}-customers"
 
-    The identity graph is one state: every event must reach the same stitcher in order.
-    A topic created with more partitions (for example by a broker that auto-creates
-    topics on first write) is refused with instructions rather than silently split.
+
+def tallies_topic_name(settings: Settings) -> str:
+    """The internal topic between the customer partitions and the detector (one partition)."""
+    return f"{settings.app_id}-tallies"
+
+
+def internal_topics(settings: Settings) -> dict[str, int]:
+    """The internal topics and the partitions each must have."""
+    return {
+        resolve_topic_name(settings): 1,
+        customers_topic_name(settings): settings.customers_partitions,
+        tallies_topic_name(settings): 1,
+    }
+
+
+async def ensure_internal_topics(settings: Settings) -> None:
+    """Create the internal topics, or check their partition counts.
+
+    The resolver is one state that must see every event in order (one partition); the
+    customers topic's partitions are where customers live. A topic created with other
+    counts (for example by a broker that auto-creates topics on first write, or by a
+    deployment with another ``customer_partitions``) is refused with instructions rather
+    than silently misplacing state.
     """
-    name = stitch_topic_name(settings)
-    await ensure_topics(settings, [name], partitions=1)
+    wanted = internal_topics(settings)
+    for name, partitions in wanted.items():
+        await ensure_topics(settings, [name], partitions=partitions)
     admin = _admin(settings)
     await admin.start()
     try:
-        for _ in range(100):  # a topic just created may show no partitions for a moment
-            (description,) = await admin.describe_topics([name])
-            count = len(description["partitions"])
-            if count:
-                break
-            await asyncio.sleep(0.1)
+        for name, partitions in wanted.items():
+            count = 0
+            for _ in range(100):  # a topic just created may show no partitions for a moment
+                (description,) = await admin.describe_topics([name])
+                count = len(description["partitions"])
+                if count:
+                    break
+                await asyncio.sleep(0.1)
+            if count != partitions:
+                raise RuntimeError(
+                    f"topic {name} has {count} partitions; it must have exactly {partitions}. "
+                    f"Stop the workers, delete it and its consumer offsets, and start again "
+                    f"(it is recreated)."
+                )
     finally:
         await admin.close()
-    if count != 1:
-        raise RuntimeError(
-            f"topic {name} has {count} partitions; it must have exactly 1. Stop the workers, "
-            f"delete it and its consumer offsets, and start again (it is recreated)."
-        )
 
 
 def changelog_topics(settings: Settings) -> dict[str, int]:
     """The state tables' changelog topics and their partition counts."""
     return {
         f"{settings.app_id}-{DEDUP_TABLE}-changelog": settings.topic_partitions,
-        f"{settings.app_id}-{IDENTITY_TABLE}-changelog": 1,
+        f"{settings.app_id}-{RESOLVER_TABLE}-changelog": 1,
+        f"{settings.app_id}-{CUSTOMERS_TABLE}-changelog": settings.customers_partitions,
+        f"{settings.app_id}-{DETECTOR_TABLE}-changelog": 1,
     }
 
 

@@ -100,7 +100,9 @@ class Probes:
         worker = self.worker
         read = {
             *worker.input_topic.topics,
-            worker.stitch_topic_name,
+            worker.resolve_topic_name,
+            worker.customers_topic_name,
+            worker.tallies_topic_name,
             worker.settings.alerts_topic,
         }
         return [
@@ -149,24 +151,27 @@ def install_pages(worker: Worker) -> Probes:
     @app.page("/scores")
     async def scores_page(view: Any, request: Any) -> Any:
         """The stream's rolling scores (on-time answers), ``?window_s=`` (default 24 h),
-        ending at the newest bucket; empty on a worker that does not stitch."""
+        ending at the newest bucket; empty on a worker that does not hold the detector."""
         try:
             window_s = float(request.query.get("window_s", 86_400))
         except ValueError:
             return view.json({"error": "window_s must be a number of seconds"}, status=400)
-        rolling = worker.rolling
+        detector = worker.detector()
+        if detector is None or detector.lookout is None:
+            return view.json({"window_s": window_s, "scores": {}})
+        lookout = detector.lookout
+        rolling = lookout.rolling
         end = rolling.newest + rolling.bucket_ms
-        marks = worker.watermarks
-        low = marks.low() if marks is not None else None
-        newest = max(marks.marks.values()) if marks is not None and marks.marks else None
         return view.json(
             {
                 "window_s": window_s,
                 "end_ms": end,
-                "watermark_ms": low,
-                "newest_event_ms": newest,
+                # event time every customers partition has completed
+                "watermark_ms": lookout.complete_to(),
                 # score alerts have looked at every window ending up to here
-                "alerts_looked_to_ms": worker.last_look,
+                "alerts_looked_to_ms": lookout.last_look,
+                # the newest bucket any answer or contact reached
+                "newest_event_ms": end - 1 if rolling.series else None,
                 "scores": rolling.report(end, int(window_s * 1000)),
             }
         )

@@ -1,30 +1,36 @@
 """What the agents share: the :class:`Worker`, built once by
-:func:`streams.runtime.app.create_worker` from the settings."""
+:func:`streams.runtime.app.create_worker` from the settings.
+
+The worker is wiring: topics, tables, rules, sinks, and the *owners* of the partitions
+with state this worker holds right now (:class:`~streams.runtime.owners.Owner`: the
+resolver, each customers partition, the score-drop detector). An owner is built when
+its partition is assigned and fenced and dropped when it is revoked
+(:meth:`Worker.on_assigned`, :meth:`Worker.on_revoked`); no state is kept here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.alert_rules import AlertRules
 from sinks.alerts import ClickHouseLedger
 from sinks.clickhouse import ClickHouseSink
 from sinks.dead_letters import DeadLetterPublisher
 from sinks.webhooks import Deliverer
-from streams.domain.alerts import DropDetector
+from streams.domain.customers import PartitionRules
 from streams.domain.dedup import DuplicateWindow
-from streams.domain.effort import EffortRules
 from streams.domain.identity import IdentityRules
 from streams.domain.ingest import IngestRules
-from streams.domain.journey import JourneyRules
-from streams.domain.scores import Rolling, Watermarks
-from streams.domain.stitching import ScoreRules
 from streams.runtime.batching import BatchingApp
+from streams.runtime.detector import Detector
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.state import reset_local
-from streams.runtime.topics import stitch_topic_name
+from streams.runtime.owners import Owner
+from streams.runtime.partitions import CustomerPartition
+from streams.runtime.resolver import ResolverOwner
 from streams.settings import Settings
 
 __all__ = ["ROLLING_HORIZON_MS", "Worker"]
@@ -45,49 +51,29 @@ class Worker:
     app: BatchingApp
     input_topic: Any
     dedup_table: Any
-    stitch_topic: Any
-    identity_table: Any
+    #: ingest -> resolver (1 partition), resolver -> customers (P), customers -> detector (1)
+    resolve_topic: Any
+    customers_topic: Any
+    tallies_topic: Any
+    resolver_table: Any
+    customers_table: Any
+    detector_table: Any
     rules: IngestRules
     identity_rules: IdentityRules
-    journey_rules: JourneyRules
+    partition_rules: PartitionRules
+    #: ingest's duplicate window (per input partition)
     window: DuplicateWindow
-    stitch_window: DuplicateWindow
     metrics: WorkerMetrics
     dead_letters: DeadLetterPublisher
-    score_rules: ScoreRules = field(default_factory=ScoreRules)
-    effort_rules: EffortRules = field(default_factory=EffortRules)
-    #: version of the effort rows written by the last stitch batch (grows every batch)
-    effort_version: int | None = None
-    #: event-time progress of the input partitions; loaded from the identity table by the
-    #: stitch agent, None while this worker does not hold the stitch partition
-    watermarks: Watermarks | None = None
-    #: the stream's own rolling view of the scores (on-time answers only)
-    rolling: Rolling = field(default_factory=lambda: Rolling(60_000, ROLLING_HORIZON_MS))
-    #: the last identity changelog send of the stitch agent (sends go out in order)
-    state_chain: asyncio.Task[None] | None = None
-    #: stitch batches written locally whose changelog records are not sent yet
-    unsent_state: int = 0
-    #: grows whenever the stitch partition is taken away (or the worker stops): a batch
-    #: begun under an older epoch writes nothing and acks nothing (see fence_stitch)
-    stitch_epoch: int = 0
-    #: the changelog send in progress, if any (a fence waits for it to finish)
-    sending: asyncio.Future[None] | None = None
+    alert_rules: AlertRules
+    #: the owners of the stateful partitions this worker holds, by (topic, partition)
+    owners: dict[tuple[str, int], Owner] = field(default_factory=dict)
     sink_ready: asyncio.Event = field(default_factory=asyncio.Event)
     sink: ClickHouseSink | None = None
     #: the alerts topic, read by the delivery agent
     alerts_topic: Any = None
     #: HMAC keys of the webhook endpoints, by endpoint name
     webhook_keys: Mapping[str, bytes] = field(default_factory=dict)
-    #: the score-drop detector (stitch agent), loaded from the identity table on first use
-    drop_detector: DropDetector | None = None
-    #: series with answers not yet looked at: (kind, value, metric) -> newest bucket start
-    alert_series: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    last_drop_check: float = 0.0
-    #: event time of the last look at the scores (None: none since the partition came)
-    last_look: int | None = None
-    last_full_drop_check: float = 0.0
-    #: customer alerts sent recently (insertion order; the oldest are forgotten)
-    alerts_sent: dict[str, None] = field(default_factory=dict)
     #: webhook delivery and its ledger, ready once ClickHouse is
     deliverer: Deliverer | None = None
     ledger: ClickHouseLedger | None = None
@@ -95,35 +81,108 @@ class Worker:
     delivery_ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: alerts in delivery, by partition of the alerts topic
     alerts_in_flight: dict[int, dict[str, asyncio.Future[Any]]] = field(default_factory=dict)
+    #: batches left unsent by owners already dropped (a stop with these rebuilds the state)
+    unsent_on_revoke: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
+    # -- owners ----------------------------------------------------------------------
+
     @property
-    def stitch_topic_name(self) -> str:
-        return stitch_topic_name(self.settings)
+    def resolve_topic_name(self) -> str:
+        return str(self.resolve_topic.get_topic_name())
 
-    async def fence_stitch(self, why: str) -> None:
-        """No stitch batch begun before now writes state or acks from here on.
+    @property
+    def customers_topic_name(self) -> str:
+        return str(self.customers_topic.get_topic_name())
 
-        A revoked worker's batches may still be running (a rebalance waits for them only
-        ``revoke_wait_s``); whoever owns the partition next replays them from the
-        changelog, and a late write of ours would land in that changelog after theirs.
-        A send already on its way is let finish first. Batches written locally and not
-        sent leave the local store ahead of the changelog: it is reset, so the next
-        assignment restores it from the changelog.
-        """
-        self.stitch_epoch += 1
-        if self.sending is not None:
-            await asyncio.wait([self.sending], timeout=self.settings.revoke_wait_s)
-        self.state_chain = None
-        if self.unsent_state:
-            logger.warning(
-                "%s with %d stitch batches not in the changelog; they are stitched again by "
-                "the next owner, and the local identity state is restored from the changelog",
-                why,
-                self.unsent_state,
-            )
-            if reset_local(self.identity_table, 0):
-                self.unsent_state = 0
+    @property
+    def tallies_topic_name(self) -> str:
+        return str(self.tallies_topic.get_topic_name())
+
+    def resolver(self) -> ResolverOwner | None:
+        owner = self.owners.get((self.resolve_topic_name, 0))
+        return owner if isinstance(owner, ResolverOwner) else None
+
+    def customer_partition(self, partition: int) -> CustomerPartition | None:
+        owner = self.owners.get((self.customers_topic_name, partition))
+        return owner if isinstance(owner, CustomerPartition) else None
+
+    def customer_partitions(self) -> list[CustomerPartition]:
+        return [o for o in self.owners.values() if isinstance(o, CustomerPartition)]
+
+    def detector(self) -> Detector | None:
+        owner = self.owners.get((self.tallies_topic_name, 0))
+        return owner if isinstance(owner, Detector) else None
+
+    @property
+    def unsent_state(self) -> int:
+        """Batches written to a local store whose changelog records are not sent."""
+        return self.unsent_on_revoke + sum(o.unsent for o in self.owners.values())
+
+    def on_assigned(self, assigned: Iterable[tuple[str, int]]) -> None:
+        """Build an owner for every stateful partition assigned that has none."""
+        settings = self.settings
+        common: dict[str, Any] = {
+            "spawn": self.spawn,
+            "crash": self.app.crash,
+            "revoke_wait_s": settings.revoke_wait_s,
+        }
+        for topic, partition in assigned:
+            key = (topic, partition)
+            if key in self.owners:
+                continue
+            owner: Owner
+            if topic == self.resolve_topic_name:
+                owner = ResolverOwner(
+                    self.resolver_table,
+                    partition,
+                    rules=self.identity_rules,
+                    topic=topic,
+                    partitions=self.partition_rules.partitions,
+                    window=DuplicateWindow(
+                        window_ms=int(settings.dedup_window_s * 1000),
+                        max_ids_per_partition=settings.stitch_dedup_max_ids,
+                    ),
+                    grace_s=settings.grace_s,
+                    idle_s=settings.watermark_idle_s,
+                    **common,
+                )
+            elif topic == self.customers_topic_name:
+                owner = CustomerPartition(
+                    self.customers_table,
+                    partition,
+                    rules=self.partition_rules,
+                    alert_rules=self.alert_rules,
+                    idle_s=settings.journey_idle_s,
+                    **common,
+                )
+            elif topic == self.tallies_topic_name:
+                owner = Detector(
+                    self.detector_table,
+                    partition,
+                    rule=self.alert_rules.score_drop,
+                    bucket_ms=self.partition_rules.scores.bucket_ms,
+                    horizon_ms=ROLLING_HORIZON_MS,
+                    partitions=self.partition_rules.partitions,
+                    **common,
+                )
+            else:
+                continue
+            self.owners[key] = owner
+            logger.info("took %s[%d]", topic, partition)
+
+    async def on_revoked(self, revoked: Iterable[tuple[str, int]], why: str) -> None:
+        """Fence and drop the owners of the partitions revoked: nothing begun before
+        reaches a changelog or is acked from here on."""
+        leaving = [self.owners.pop(key) for key in list(revoked) if key in self.owners]
+        for owner in leaving:
+            await owner.fence(why)
+            self.unsent_on_revoke += owner.unsent
+
+    async def fence_all(self, why: str) -> None:
+        await self.on_revoked(list(self.owners), why)
+
+    # -- tasks and services -----------------------------------------------------------
 
     def spawn(self, coroutine: Any) -> asyncio.Task[None]:
         """Run a coroutine beside the agents, holding a reference until it ends."""

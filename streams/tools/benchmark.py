@@ -59,10 +59,19 @@ class BenchResult:
     events: int
     seconds: float
     peak_rss_mib: float
+    #: CPU seconds of the measured processes over the same span (None: not measured)
+    cpu_s: float | None = None
+    #: bytes of local state (RocksDB) the processes hold at the end, in MiB
+    state_mib: float | None = None
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_s_per_1k(self) -> float | None:
+        """CPU seconds per 1,000 events: holds across machines better than a rate."""
+        return None if self.cpu_s is None else 1000 * self.cpu_s / self.events
 
 
 def peak_rss_mib(pid: int | None = None) -> float:
@@ -94,12 +103,14 @@ async def run_ceiling(bootstrap: str, topics: list[str], events: int) -> BenchRe
     per_customer: Counter[str] = Counter()
     seen = 0
     first = 0.0
+    cpu = 0.0
     try:
         while seen < events:
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             for records in batches.values():
                 if not first:
                     first = time.perf_counter()
+                    cpu = time.process_time()
                 for record in records:
                     document = orjson.loads(record.value)
                     identifiers = document["identifiers"]
@@ -108,7 +119,68 @@ async def run_ceiling(bootstrap: str, topics: list[str], events: int) -> BenchRe
         elapsed = time.perf_counter() - first
     finally:
         await consumer.stop()
-    return BenchResult("ceiling (aiokafka getmany + orjson)", seen, elapsed, peak_rss_mib())
+    return BenchResult(
+        "ceiling (aiokafka getmany + orjson)",
+        seen,
+        elapsed,
+        peak_rss_mib(),
+        time.process_time() - cpu,
+    )
+
+
+def run_resolver(messages: Any, events: int, partitions: int) -> BenchResult:
+    """(r) the resolver alone, in this process: identity, global repeats, watermarks and
+    routing of events ingest has already turned into rows, against in-memory state, in
+    records of 2,000 rows: the ceiling of the one global step of the pipeline."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from schemas.ingested import SourceRecord
+    from streams.domain.dedup import DuplicateWindow
+    from streams.domain.identity import Identity, IdentityRules, Resolver
+    from streams.domain.ingest import triage
+    from streams.domain.resolve import resolve_records
+    from streams.domain.scores import Watermarks
+    from streams.runtime.app import ingest_rules
+    from streams.settings import Settings
+
+    now = datetime.now(UTC)
+    rules = ingest_rules(Settings.model_validate({"max_age_s": 10 * 365 * 86400}))
+    ingest_window = DuplicateWindow(window_ms=86_400_000, max_ids_per_partition=10**7)
+    rows: list[list[Any]] = []
+    for offset, message in enumerate(messages):
+        record = SourceRecord(message.topic, 0, offset, None, message.key, message.value)
+        accepted = triage([record], rules, ingest_window, now).accepted
+        rows += [orjson.loads(e.row) for e in accepted]
+    nodes: dict[str, str | None] = {}
+    identities: dict[str, Identity | None] = {}
+    window = DuplicateWindow(window_ms=86_400_000, max_ids_per_partition=10**7)
+    watermarks = Watermarks(60_000, {})
+    cpu = time.process_time()
+    started = time.perf_counter()
+    for n, start in enumerate(range(0, len(rows), 2000)):
+        resolver = Resolver(IdentityRules(), nodes.get, identities.get)
+        resolve_records(
+            [(n, rows[start : start + 2000])],
+            resolver,
+            window,
+            "resolve",
+            partitions,
+            watermarks,
+            0,
+        )
+        changes = resolver.changes()
+        nodes.update(changes.nodes)
+        identities.update(changes.identities)
+    elapsed = time.perf_counter() - started
+    return BenchResult(
+        "the resolver alone (identity, repeats, routing)",
+        len(rows),
+        elapsed,
+        peak_rss_mib(),
+        time.process_time() - cpu,
+    )
 
 
 def run_faust_floor(bootstrap: str, topics: list[str], events: int, workdir: Path) -> BenchResult:
@@ -150,13 +222,14 @@ def _faust_floor_main(bootstrap: str, topics: str, events: int, workdir: str) ->
         topic_disable_leader=True,
     )
     topic = app.topic(*topics.split(","), value_serializer="raw", key_serializer="raw")
-    state = {"seen": 0, "first": 0.0}
+    state = {"seen": 0, "first": 0.0, "cpu": 0.0}
 
     @app.agent(topic)
     async def count(stream: Any) -> None:
         async for _value in stream:
             if not state["seen"]:
                 state["first"] = time.perf_counter()
+                state["cpu"] = time.process_time()
             state["seen"] += 1
             if state["seen"] >= events:
                 elapsed = time.perf_counter() - state["first"]
@@ -165,6 +238,7 @@ def _faust_floor_main(bootstrap: str, topics: str, events: int, workdir: str) ->
                     int(state["seen"]),
                     elapsed,
                     peak_rss_mib(),
+                    time.process_time() - state["cpu"],
                 )
                 sys.stdout.write("RESULT " + json.dumps(asdict(result)) + "\n")
                 sys.stdout.flush()
@@ -291,9 +365,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from streams.tools.embedded.kafka import ApacheKafka
     from streams.tools.generator import benchmark_events, publish
 
-    loops = set(args.loops)
-    if not loops or loops - set("abc"):
-        raise SystemExit("--loops takes letters among a, b and c, e.g. --loops abc or --loops c")
+    loops = {loop.strip() for loop in args.loops.split(",") if loop.strip()}
+    known = {"a", "b", "r", "c1", "c2"}
+    if not loops or loops - known:
+        raise SystemExit(
+            "--only takes a comma-separated list among a, b, r, c1 and c2, e.g. --only c1,c2"
+        )
     work = Path(tempfile.mkdtemp(prefix="touchpoint-bench-"))
     channels = ["web", "mobile_app", "email", "call_center"]
     topics = [f"touchpoints.{c}" for c in channels]
@@ -335,16 +412,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 say("(b) bare Faust agent ...")
                 results["b"] = run_faust_floor(kafka.bootstrap, topics, args.events, work / "faust")
                 say(f"    {results['b'].rate:,.0f} events/s")
-            if "c" in loops:
-                say("(c) this worker: validated, stitched, scored, into ClickHouse ...")
-                results["c"], customers_stored = _bench_worker(
-                    kafka.bootstrap, clickhouse.url, args, work
-                )
-                say(f"    {results['c'].rate:,.0f} events/s, {customers_stored:,} customers")
+            if "r" in loops:
+                say("(r) the resolver alone, on events ingest has turned into rows ...")
+                results["r"] = run_resolver(events(args.events), args.events, args.partitions)
+                say(f"    {results['r'].rate:,.0f} events/s")
+            for loop in ("c1", "c2"):
+                if loop in loops:
+                    workers = int(loop[1])
+                    say(f"({loop}) this worker, {workers} process(es): into ClickHouse ...")
+                    results[loop], customers_stored = _bench_worker(
+                        kafka.bootstrap, clickhouse.url, args, work, workers
+                    )
+                    say(f"    {results[loop].rate:,.0f} events/s, {customers_stored:,} customers")
             if args.latency:
-                offered = args.latency_rate or 0.75 * (results["c"].rate if "c" in results else 0)
+                offered = args.latency_rate or 0.75 * (results["c1"].rate if "c1" in results else 0)
                 if offered <= 0:
-                    raise SystemExit("--latency needs loop c in the run, or --latency-rate")
+                    raise SystemExit("--latency needs loop c1 in the run, or --latency-rate")
                 say(f"alert latency: {offered:,.0f} events/s for {args.latency_seconds:.0f} s ...")
                 latency = _bench_alert_latency(
                     kafka.bootstrap, clickhouse.url, offered, args.latency_seconds, args, work
@@ -361,21 +444,35 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         "every_customer": args.every_customer,
         "partitions": args.partitions,
         "customers_stored": customers_stored,
-        "results": {k: {**asdict(r), "events_per_s": round(r.rate)} for k, r in results.items()},
     }
+    for k, r in results.items():
+        report[k] = {
+            "name": r.name,
+            "rate": round(r.rate),
+            "cpu_s_per_1k": None if r.cpu_s_per_1k is None else round(r.cpu_s_per_1k, 4),
+            "peak_rss_mib": round(r.peak_rss_mib, 1),
+            "events": r.events,
+            "seconds": round(r.seconds, 3),
+            "cpu_s": None if r.cpu_s is None else round(r.cpu_s, 3),
+            "state_mib": None if r.state_mib is None else round(r.state_mib, 1),
+        }
     ratios = [
         (f"{x}/{y}", results[x].rate / results[y].rate)
-        for x, y in (("c", "a"), ("c", "b"), ("b", "a"))
+        for x, y in (("c1", "b"), ("c2", "c1"), ("c1", "a"), ("b", "a"), ("r", "b"))
         if x in results and y in results and results[y].rate
     ]
     report.update({name.replace("/", "_over_"): round(r, 3) for name, r in ratios})
     if latency is not None:
         report["alert_latency"] = asdict(latency)
+
+    def cpu(r: BenchResult) -> str:
+        return "" if r.cpu_s_per_1k is None else f"{r.cpu_s_per_1k:.3f}"
+
     lines = [
         "",
-        f"{'loop':<56} {'events/s':>10} {'peak RSS MiB':>13}",
+        f"{'loop':<52} {'events/s':>10} {'CPU s/1k ev':>12} {'peak RSS MiB':>13}",
         *(
-            f"({k}) {r.name:<52} {r.rate:>10,.0f} {r.peak_rss_mib:>13.0f}"
+            f"({k}) {r.name:<48} {r.rate:>10,.0f} {cpu(r):>12} {r.peak_rss_mib:>13.0f}"
             for k, r in sorted(results.items())
         ),
         "",
@@ -395,59 +492,91 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (0 where /proc is absent)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields after the command name: state is [0], utime [11], stime [12] (clock ticks)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _bench_worker(
-    bootstrap: str, clickhouse_url: str, args: argparse.Namespace, work: Path
-) -> tuple[Any, int]:
-    """(c): from the worker's first consumed event until ClickHouse holds every event and
-    every customer's journey; returns the result and how many customers it stitched."""
+    bootstrap: str, clickhouse_url: str, args: argparse.Namespace, work: Path, workers: int
+) -> tuple[BenchResult, int]:
+    """(c1, c2): from the first consumed event until ClickHouse holds every event and
+    every customer's journey, with ``workers`` worker processes in one group; CPU
+    seconds are the workers' own over the same span. Returns the result and how many
+    customers were stored."""
     from streams.tools.demo import _clickhouse_client, _worker_env, _WorkerProcess
 
-    worker = _WorkerProcess(
-        _worker_env(
-            bootstrap,
-            clickhouse_url,
-            work / "state",
-            TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
-            TOUCHPOINT_APP_ID="bench-worker",
-            TOUCHPOINT_LOG_LEVEL="WARNING",
-            # every benchmark event lies in the past; flag them, as in production
-            TOUCHPOINT_MAX_AGE_S=str(10 * 365 * 86400),
-        ),
-        work / "worker.log",
-    )
+    database = f"bench_c{workers}"
+    procs = [
+        _WorkerProcess(
+            _worker_env(
+                bootstrap,
+                clickhouse_url,
+                work / f"state-c{workers}-{n}",
+                TOUCHPOINT_TOPIC_PARTITIONS=str(args.partitions),
+                TOUCHPOINT_APP_ID=f"bench-c{workers}",
+                TOUCHPOINT_CLICKHOUSE_DATABASE=database,
+                TOUCHPOINT_LOG_LEVEL="WARNING",
+                # every benchmark event lies in the past; flag them, as in production
+                TOUCHPOINT_MAX_AGE_S=str(10 * 365 * 86400),
+            ),
+            work / f"worker-c{workers}-{n}.log",
+        )
+        for n in range(workers)
+    ]
+
+    def check_alive() -> None:
+        for proc in procs:
+            if proc.proc.poll() is not None:
+                raise SystemExit(f"a worker exited:\n{proc.tail()}")
+
     try:
-        worker.wait_ready()
+        for proc in procs:
+            proc.wait_ready()
         client = _clickhouse_client(clickhouse_url)
         first = 0.0
+        cpu_at_first = 0.0
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
-            totals = worker.accounting() or {}
-            if not first and totals.get("consumed", 0) > 0:
+            consumed = sum((p.accounting() or {}).get("consumed", 0) for p in procs)
+            if not first and consumed > 0:
                 first = time.perf_counter()
-            if totals.get("consumed", 0) >= args.events:
+                cpu_at_first = sum(cpu_seconds(p.proc.pid) for p in procs)
+            if consumed >= args.events:
                 break
-            if worker.proc.poll() is not None:
-                raise SystemExit(f"the worker exited:\n{worker.tail()}")
+            check_alive()
             time.sleep(0.05)
         while time.monotonic() < deadline:
-            events = client.query("SELECT count() FROM touchpoints.events_store")
+            events = client.query(f"SELECT count() FROM {database}.events_store")
             # the journeys are stored in the same flush as their events; checked once those are in
             if events.result_rows[0][0] >= args.events:
-                journeys = client.query("SELECT sum(touchpoints) FROM touchpoints.customer_360")
+                journeys = client.query(f"SELECT sum(touchpoints) FROM {database}.customer_360")
                 if journeys.result_rows[0][0] >= args.events:
                     break
-            if worker.proc.poll() is not None:
-                raise SystemExit(f"the worker exited:\n{worker.tail()}")
+            check_alive()
             time.sleep(0.05)
         else:
-            raise SystemExit(f"the worker did not finish within the hour:\n{worker.tail()}")
+            raise SystemExit(f"the workers did not finish within the hour:\n{procs[0].tail()}")
         elapsed = time.perf_counter() - first
-        rss = peak_rss_mib(worker.proc.pid)
-        customers = client.query("SELECT count() FROM touchpoints.customer_360").result_rows[0][0]
+        cpu = sum(cpu_seconds(p.proc.pid) for p in procs) - cpu_at_first
+        rss = max(peak_rss_mib(p.proc.pid) for p in procs)
+        customers = client.query(f"SELECT count() FROM {database}.customer_360").result_rows[0][0]
+        state = sum(
+            f.stat().st_size
+            for n in range(workers)
+            for f in (work / f"state-c{workers}-{n}").rglob("*")
+            if f.is_file()
+        )
     finally:
-        worker.stop()
-    name = "this worker: stitched, scored, in ClickHouse"
-    return BenchResult(name, args.events, elapsed, rss), int(customers)
+        for proc in procs:
+            proc.stop()
+    name = f"this worker, {workers} process{'es' if workers > 1 else ''}: into ClickHouse"
+    return BenchResult(name, args.events, elapsed, rss, cpu, state / 2**20), int(customers)
 
 
 def _bench_alert_latency(

@@ -129,12 +129,18 @@ def register(add: Callable[..., Any]) -> None:
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--json", help="also write the results to this file")
     bench.add_argument(
-        "--loops", default="abc", help="which loops to run: any of a, b, c (default abc)"
+        "--only",
+        dest="loops",
+        default="a,b,r,c1,c2",
+        help="which loops to run, comma-separated: a (ceiling), b (bare Faust), r (the "
+        "resolver alone), c1 and c2 (this worker with one and two processes); default all "
+        "(the option is not called --loops: Faust takes any argument starting with --loop "
+        "as its event loop)",
     )
     bench.add_argument(
         "--latency",
         action="store_true",
-        help="also time alerts: detractor answer sent to webhook received, at 75%% of (c)'s rate",
+        help="also time alerts: detractor answer sent to webhook received, at 75%% of (c1)'s rate",
     )
     bench.add_argument("--latency-seconds", type=float, default=60.0, help="how long to offer")
     bench.add_argument("--latency-rate", type=float, default=None, help="events/s to offer")

@@ -366,7 +366,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         totals = counts()
         client = _clickhouse_client(clickhouse.url)
 
-        from streams.runtime.topics import stitch_topic_name, uncommitted
+        from streams.runtime.topics import internal_topics, uncommitted
         from streams.settings import Settings
 
         defaults = Settings.model_construct()  # what the demo's worker runs with
@@ -383,7 +383,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # alerts is in ClickHouse once the group has committed these to their ends
         settled = [
             *(f"touchpoints.{c}" for c in CHANNELS),
-            stitch_topic_name(defaults),
+            *internal_topics(defaults),
             defaults.alerts_topic,
         ]
         _wait(

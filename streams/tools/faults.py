@@ -69,6 +69,8 @@ FAULT_KINDS = ("kill9", "sigterm", "clickhouse", "broker", "hostile")
 STOP_BOUND_S = 35.0
 #: The header that tells the checker what a record was meant to be.
 KIND_HEADER = "x-touchpoint-fault"
+#: Partitions of the customers topic in a fault run.
+CUSTOMER_PARTITIONS = 8
 PARTITIONS = 4
 CHANNELS = (
     "web", "mobile_app", "email", "sms", "push", "call_center", "chat", "social", "store",
@@ -339,6 +341,9 @@ class FaultRun:
             "TOUCHPOINT_CLICKHOUSE_URL": self.clickhouse.url,
             "TOUCHPOINT_APP_ID": APP_ID,
             "TOUCHPOINT_TOPIC_PARTITIONS": str(PARTITIONS),
+            # more customers partitions than workers and input partitions: hand-overs
+            # between partitions, and partitions moving at every restart
+            "TOUCHPOINT_CUSTOMER_PARTITIONS": str(CUSTOMER_PARTITIONS),
             "TOUCHPOINT_KAFKA_SESSION_TIMEOUT_S": str(self.profile.session_timeout_s),
             "TOUCHPOINT_MAX_AGE_S": str(30 * 86400),
             "TOUCHPOINT_LOG_LEVEL": "INFO",
@@ -580,7 +585,9 @@ class FaultRun:
     def _settled_topics(self) -> list[str]:
         return [
             *(f"touchpoints.{c}" for c in CHANNELS),
-            f"{APP_ID}-stitch",
+            f"{APP_ID}-resolve",
+            f"{APP_ID}-customers",
+            f"{APP_ID}-tallies",
             "touchpoints.alerts",
         ]
 

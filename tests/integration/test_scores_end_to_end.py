@@ -96,7 +96,7 @@ FROM
            OR escalated IS NOT NULL OR resolved IS NOT NULL OR interaction_direction IS NOT NULL
            OR interaction_queue IS NOT NULL OR interaction_agent_id IS NOT NULL
            OR handle_seconds IS NOT NULL)
-    WINDOW w AS (PARTITION BY case_id ORDER BY occurred_at, event_id
+    WINDOW w AS (PARTITION BY customer_id, case_id ORDER BY occurred_at, event_id
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 """

@@ -32,6 +32,7 @@ from streams.tools.embedded.process import free_port
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
+CUSTOMER_PARTITIONS = 8
 CODECS = (None, "gzip", "snappy", "lz4", "zstd")
 
 
@@ -91,6 +92,8 @@ def stack(
         "TOUCHPOINT_APP_ID": app_id,
         "TOUCHPOINT_DATA_DIR": str(tmp_path / "state"),
         "TOUCHPOINT_TOPIC_PARTITIONS": str(PARTITIONS),
+        # customers live on more partitions than the input has: merges cross them
+        "TOUCHPOINT_CUSTOMER_PARTITIONS": str(CUSTOMER_PARTITIONS),
         "TOUCHPOINT_TOPIC_PATTERN": rf"^touchpoints\.{app_id.replace('-', '_')}_[a-z0-9_]+$",
         "TOUCHPOINT_DLQ_TOPIC": f"touchpoints.{app_id}-dlq",
         "TOUCHPOINT_ALERTS_TOPIC": f"touchpoints.{app_id}-alerts",
@@ -174,13 +177,14 @@ async def settled(
     stack: Stack, topics: list[str], worker: RunningWorker, timeout: float = 90.0
 ) -> None:
     """Wait until the workers have committed every record of these topics and of the
-    stitch topic.
+    internal topics (resolve, customers, tallies).
 
     A worker commits an offset only once the rows it produced are stored in every table
     (tables are written one after the other), so a count in one table is no sign that
     the others are complete; committed offsets at the end of every partition are.
     """
-    names = [*topics, f"{stack.env['TOUCHPOINT_APP_ID']}-stitch"]
+    app_id = stack.env["TOUCHPOINT_APP_ID"]
+    names = [*topics, f"{app_id}-resolve", f"{app_id}-customers", f"{app_id}-tallies"]
     behind: dict[tuple[str, int], tuple[int, int]] = {}
 
     async def caught_up() -> bool:

@@ -26,7 +26,7 @@ import pytest
 from faust.web import base as faust_web
 from mode.utils.imports import symbol_by_name
 
-from streams.runtime.topics import DEDUP_TABLE, IDENTITY_TABLE
+from streams.runtime.topics import CUSTOMERS_TABLE, DEDUP_TABLE, DETECTOR_TABLE, RESOLVER_TABLE
 from streams.runtime.web import PAGES
 from tests.integration.test_worker_end_to_end import (
     RunningWorker,
@@ -227,7 +227,7 @@ def leaks(body: bytes, values: set[str], customers: list[str]) -> list[str]:
 
 
 async def test_no_faust_page_is_served_and_nothing_personal_comes_back(served: Served) -> None:
-    paths = faust_paths([IDENTITY_TABLE, DEDUP_TABLE], served.keys)
+    paths = faust_paths([RESOLVER_TABLE, CUSTOMERS_TABLE, DETECTOR_TABLE, DEDUP_TABLE], served.keys)
     assert len(paths) > 2 * len(served.keys)  # every key under both /table and /router
     served_paths: list[str] = []
     leaked: dict[str, list[str]] = {}
