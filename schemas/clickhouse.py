@@ -31,7 +31,9 @@ __all__ = [
     "DUPLICATE_COLUMNS",
     "EFFORT_COLUMNS",
     "ERASURE_COLUMNS",
+    "EVENT_COLUMN",
     "EVENT_COLUMNS",
+    "INTERACTION_COLUMNS",
     "LEDGER_COLUMNS",
     "MERGE_COLUMNS",
     "REDIRECT_COLUMNS",
@@ -86,6 +88,20 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "source_partition",
     "source_offset",
     "journey_stage",
+)
+
+#: The position of each column in an ``events_store`` row (``EVENT_COLUMNS`` order).
+EVENT_COLUMN: dict[str, int] = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+#: The columns of an event's interaction: a contact has one of them set (or a case).
+INTERACTION_COLUMNS: tuple[str, ...] = (
+    "interaction_direction",
+    "interaction_queue",
+    "interaction_agent_id",
+    "wait_seconds",
+    "handle_seconds",
+    "transferred",
+    "escalated",
+    "resolved",
 )
 
 #: Insert column order of ``dead_letters_store``.

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from schemas.clickhouse import EVENT_COLUMNS, SCORE_COLUMNS
+from schemas.clickhouse import EVENT_COLUMN, SCORE_COLUMNS
 from schemas.customer import Customer
 from streams.domain.customers import (
     CustomerBook,
@@ -34,7 +34,7 @@ from tests.test_resolve import event_row
 
 MINUTE = 60_000
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % MINUTE
-COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+COLUMN = EVENT_COLUMN
 SCORE = {name: i for i, name in enumerate(SCORE_COLUMNS)}
 RULES = PartitionRules(JourneyRules(), EffortRules(), ScoreRules(MINUTE, ("region",)), partitions=4)
 

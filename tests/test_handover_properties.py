@@ -48,7 +48,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.clickhouse import CUSTOMER_COLUMNS, EFFORT_COLUMNS, EVENT_COLUMNS, SCORE_COLUMNS
+from schemas.clickhouse import (
+    CUSTOMER_COLUMNS,
+    EFFORT_COLUMNS,
+    EVENT_COLUMN,
+    SCORE_COLUMNS,
+)
 from schemas.customer import Customer, Journey, customer_from_json
 from streams.domain.customers import (
     CustomerBook,
@@ -90,7 +95,7 @@ JOURNEY = JourneyRules(
 )
 EFFORT = EffortRules(repeat_window_ms=20 * MINUTE, max_contacts_per_case=1000)
 SCORES = ScoreRules(bucket_ms=MINUTE, dimensions=("region",))
-COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+COLUMN = EVENT_COLUMN
 EFFORT_COLUMN = {name: i for i, name in enumerate(EFFORT_COLUMNS)}
 SCORE_COLUMN = {name: i for i, name in enumerate(SCORE_COLUMNS)}
 CUSTOMER_COLUMN = {name: i for i, name in enumerate(CUSTOMER_COLUMNS)}

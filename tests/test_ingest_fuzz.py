@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.clickhouse import DEAD_LETTER_COLUMNS, EVENT_COLUMNS
+from schemas.clickhouse import DEAD_LETTER_COLUMNS, EVENT_COLUMN, EVENT_COLUMNS
 from schemas.dead_letter import DeadLetter, Reason
 from schemas.event import TouchpointEvent
 from schemas.ingested import IngestedEvent, SourceRecord
@@ -40,7 +40,7 @@ from tests.hostile_input import (
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 RULES = ingest_rules(Settings())
-COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+COLUMN = EVENT_COLUMN
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

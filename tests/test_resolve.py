@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.clickhouse import EVENT_COLUMNS
+from schemas.clickhouse import EVENT_COLUMN, EVENT_COLUMNS
 from streams.domain.dedup import Chunk, DuplicateWindow
 from streams.domain.identity import Identity, IdentityRules, Resolver, customer_id_for
 from streams.domain.resolve import (
@@ -35,7 +35,7 @@ from streams.domain.resolve import (
 )
 from streams.domain.scores import Watermarks
 
-COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+COLUMN = EVENT_COLUMN
 TOPIC = "app-resolve"
 MINUTE = 60_000
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % MINUTE

@@ -44,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from schemas.clickhouse import EVENT_COLUMNS
+from schemas.clickhouse import EVENT_COLUMN, INTERACTION_COLUMNS
 from schemas.customer import Customer, customer_from_json, customer_to_json
 from sinks.rows import customer_row, deleted_customer_row
 from streams.domain.effort import CaseBook, Contact, EffortRules, is_contact
@@ -63,26 +63,14 @@ __all__ = [
     "touch_of",
 ]
 
-_COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+_COLUMN = EVENT_COLUMN
 _EVENT_ID, _OCCURRED_AT = _COLUMN["event_id"], _COLUMN["occurred_at"]
 _CHANNEL, _TYPE, _CASE = _COLUMN["channel"], _COLUMN["type"], _COLUMN["case_id"]
 _RESOLVED, _CUSTOMER = _COLUMN["resolved"], _COLUMN["customer_id"]
 _METRIC, _SCORE = _COLUMN["survey_metric"], _COLUMN["survey_score"]
 _SCALE = _COLUMN["survey_scale_max"]
 _CONTEXT, _FLAGS, _STAGE = _COLUMN["context"], _COLUMN["flags"], _COLUMN["journey_stage"]
-_INTERACTION = tuple(
-    _COLUMN[c]
-    for c in (
-        "interaction_direction",
-        "interaction_queue",
-        "interaction_agent_id",
-        "wait_seconds",
-        "handle_seconds",
-        "transferred",
-        "escalated",
-        "resolved",
-    )
-)
+_INTERACTION = tuple(_COLUMN[c] for c in INTERACTION_COLUMNS)
 _WAIT, _TRANSFERRED, _ESCALATED = (
     _COLUMN["wait_seconds"],
     _COLUMN["transferred"],

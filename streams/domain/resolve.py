@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.clickhouse import EVENT_COLUMNS
+from schemas.clickhouse import EVENT_COLUMN
 from schemas.customer import Merge, Refusal
 from sinks.rows import (
     CUSTOMER_ID_COLUMN,
@@ -69,7 +69,7 @@ __all__ = [
     "seq_of",
 ]
 
-_COLUMN = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+_COLUMN = EVENT_COLUMN
 _EVENT_ID, _OCCURRED_AT = _COLUMN["event_id"], _COLUMN["occurred_at"]
 _IDENTIFIERS, _FLAGS = _COLUMN["identifiers"], _COLUMN["flags"]
 _SOURCE_TOPIC, _SOURCE_PARTITION = _COLUMN["source_topic"], _COLUMN["source_partition"]
