@@ -58,7 +58,7 @@ from streams.domain.ingest import chunk_rows, triage
 from streams.runtime.batching import RecordBatch
 from streams.runtime.lifecycle import retry_until_ready, survives
 from streams.runtime.owners import Fenced
-from streams.runtime.resolver import encode_records
+from streams.runtime.resolver import RECORD_BYTES, encode_records
 
 if TYPE_CHECKING:
     from streams.runtime.detector import Detector
@@ -70,8 +70,6 @@ __all__ = ["register_agents"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest resolve record (bytes of JSON); below Kafka's default message.max.bytes of 1 MiB.
-RESOLVE_RECORD_BYTES = 512 * 1024
 #: How long a revocation of alerts partitions waits for their deliveries to settle.
 ALERT_REVOKE_WAIT_S = 10.0
 #: Control record of the resolve topic: send the resolver's progress to every partition.
@@ -119,7 +117,7 @@ def register_agents(worker: Worker) -> None:
                 await worker.dead_letters.publish(d) for d in result.dead_letters
             ]
             encoded = [e.row for e in result.accepted]  # serialised by ingest, per message
-            for chunk in chunk_rows(encoded, RESOLVE_RECORD_BYTES):
+            for chunk in chunk_rows(encoded, RECORD_BYTES):
                 forwarded.append(await _send(worker, worker.resolve_topic_name, chunk, 0))
             metrics.forwarded.inc(len(encoded))
 
@@ -425,7 +423,7 @@ async def _resolve_erase(
 ) -> None:
     """Forget the customer's identifiers here, then tell its partition, which deletes its
     state and its rows in ClickHouse and records the erasure."""
-    state, item, partition = owner.erase(request, offset)
+    state, item, partition = owner.erase(request)
     if item is None:
         # nobody holds the identifier: nothing to delete, the erasure is recorded as done
         await _erase_rows(

@@ -8,7 +8,6 @@ chunks) and ``w/event_time`` (the input partitions' watermarks).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +20,12 @@ from streams.domain.resolve import ResolveOutput, partition_of, resolve_records,
 from streams.domain.scores import Watermarks
 from streams.runtime.owners import Owner
 
-__all__ = ["Resolved", "ResolverOwner", "encode_records"]
+__all__ = ["RECORD_BYTES", "Resolved", "ResolverOwner", "encode_records"]
 
 #: Key of the input partitions' event-time watermarks.
 WATERMARKS_KEY = "w/event_time"
-#: Largest customers record (bytes of JSON); below Kafka's default message.max.bytes.
+#: Largest record of an internal topic (bytes of JSON); below Kafka's default
+#: message.max.bytes of 1 MiB. Ingest's records to the resolver are cut to it too.
 RECORD_BYTES = 512 * 1024
 
 
@@ -154,7 +154,7 @@ class ResolverOwner(Owner):
         return complete_to, {p: record for p in range(self.partitions)}
 
     def erase(
-        self, request: dict[str, Any], offset: int
+        self, request: dict[str, Any]
     ) -> tuple[list[tuple[str, bytes | None]], dict[str, Any] | None, int]:
         """Forget the customer that owns the request's identifier: the state writes,
         the item for the customer's partition (None when nobody owns it) and how many
@@ -181,9 +181,6 @@ class ResolverOwner(Owner):
     @staticmethod
     def erase_record(item: dict[str, Any], offset: int) -> bytes:
         return encode_records(None, [["x", seq_of(offset, 0, 0), item]])[0]
-
-    def now_ms(self) -> int:
-        return int(time.time() * 1000)
 
 
 def _identity_writes(resolver: Resolver) -> list[tuple[str, bytes | None]]:
