@@ -198,7 +198,8 @@ _CRASHING_APP = textwrap.dedent(
 
     bootstrap, topic_name, workdir = sys.argv[1:4]
     app = BatchingApp("crash-" + topic_name, broker=f"kafka://{bootstrap}", store="memory://",
-                      datadir=workdir, web_enabled=False, topic_partitions=1)
+                      datadir=workdir, web_enabled=False, topic_partitions=1,
+                      consumer_metadata_max_age_ms=1000)
     topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
 
     @app.agent(topic, supervisor_strategy=CrashingSupervisor)
@@ -235,8 +236,14 @@ async def test_a_worker_whose_app_crashed_exits_promptly_and_non_zero(
             stderr=subprocess.STDOUT,
         )
     try:
-        await asyncio.sleep(8)  # joined and subscribed
-        assert proc.returncode is None, log.read_text()[-3000:]
+        # Produce only once the worker owns the partition: a fixed sleep is
+        # too short on a loaded machine.
+        deadline = time.monotonic() + 90
+        while "Worker ready" not in log.read_text():
+            assert proc.returncode is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.2)
+        assert f"| {topic} " in log.read_text().split("Setting newly assigned partitions")[-1]
         sent = time.monotonic()
         await produce(kafka_bootstrap, [(topic, None, b"boom", [])], None)
         code = await asyncio.wait_for(proc.wait(), 60)
