@@ -106,6 +106,7 @@ class SupervisedWorker(faust.Worker):
         self.shutdown_timeout_s = shutdown_timeout_s
         self.crash_exit_s = crash_exit_s
         self._deadline: threading.Timer | None = None
+        self._deadline_why = ""
 
     def _schedule_shutdown(self, signal: Any) -> None:
         self._exit_within(self.shutdown_timeout_s, f"stopping on {signal.name}")
@@ -115,19 +116,41 @@ class SupervisedWorker(faust.Worker):
         await super().on_started()
         self.add_future(self._watch_for_crash())
 
+    async def on_stop(self) -> None:
+        # A crash often stops the worker at once, which cancels the watcher below
+        # before its next look: every stop is bounded here, whatever started it.
+        if not self._report_crash():
+            self._exit_within(self.shutdown_timeout_s, "stopping")
+        await super().on_stop()
+
     async def _watch_for_crash(self) -> None:
         app: Any = self.app
-        while not self.should_stop:
-            if app._crashed.is_set() or self._crashed.is_set():
-                reason = app.crash_reason or self.crash_reason
-                logger.critical(
-                    "the app crashed (%s); exiting within %.0f s so a supervisor restarts it",
-                    _one_line(reason) if reason else "no reason given",
-                    self.crash_exit_s,
-                )
-                self._exit_within(self.crash_exit_s, "crashed")
-                return
-            await asyncio.sleep(0.5)
+        waits = [
+            asyncio.ensure_future(app._crashed.wait()),
+            asyncio.ensure_future(self._crashed.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        self._report_crash()
+
+    def _report_crash(self) -> bool:
+        """Arm the prompt exit if the app or the worker crashed; true if so."""
+        app: Any = self.app
+        if not (app._crashed.is_set() or self._crashed.is_set()):
+            return False
+        if self._deadline is not None and self._deadline_why == "crashed":
+            return True
+        reason = app.crash_reason or self.crash_reason
+        logger.critical(
+            "the app crashed (%s); exiting within %.0f s so a supervisor restarts it",
+            _one_line(reason) if reason else "no reason given",
+            self.crash_exit_s,
+        )
+        self._exit_within(self.crash_exit_s, "crashed")
+        return True
 
     def _exit_within(self, seconds: float, why: str) -> None:
         if self._deadline is not None:
@@ -138,6 +161,7 @@ class SupervisedWorker(faust.Worker):
         timer.daemon = True
         timer.start()
         self._deadline = timer
+        self._deadline_why = why
 
 
 def _force_exit(seconds: float, why: str) -> None:
