@@ -251,6 +251,7 @@ def create_worker(
         DEDUP_TABLE,
         default=None,
         partitions=settings.topic_partitions,
+        options=dict(STATE_OPTIONS),
         help="Event ids accepted recently, one entry per input batch (the duplicate window).",
     )
 

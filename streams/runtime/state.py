@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["reset_local", "send_changelog", "write_local"]
+__all__ = ["exact", "reset_local", "send_changelog", "write_local"]
 
 logger = logging.getLogger(__name__)
 _crashing: set[asyncio.Future[Any]] = set()
@@ -59,8 +59,11 @@ def write_local(
     encoded = []
     writes = rocksdict.WriteBatch(raw_mode=True)
     for key, value in items:
-        key_bytes = store._encode_key(key)
-        value_bytes = None if value is None else store._encode_value(value)
+        # exact-size copies: the encoded records wait here for the batch's rows and sends,
+        # and orjson's output (Faust's key codec, our values) keeps a buffer of at least
+        # 4 KiB whatever its length; a backlog of them was most of a worker's memory
+        key_bytes = exact(store._encode_key(key))
+        value_bytes = None if value is None else exact(store._encode_value(value))
         if value_bytes is None:
             writes.delete(key_bytes)
         else:
@@ -69,6 +72,11 @@ def write_local(
         encoded.append((key_bytes, value_bytes))
     db.write(writes)
     return encoded
+
+
+def exact(data: bytes) -> bytes:
+    """``data`` in an allocation of its own length (see :func:`write_local`)."""
+    return bytes(memoryview(data))
 
 
 async def send_changelog(
