@@ -191,6 +191,19 @@ class Settings(BaseSettings):
     app_id: str = Field("touchpoint-streams", description="Kafka consumer group and state prefix")
     data_dir: Path = Field(Path("var/worker"), description="local state (RocksDB) directory")
     store: str = Field("rocksdb://", description="table store: rocksdb:// or memory://")
+    state_block_cache_mib: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="RocksDB block cache of each state partition's database (reads beyond "
+        "it come from the operating system's page cache, which is not the worker's memory)",
+    )
+    state_write_buffer_mib: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="RocksDB write buffer of each state partition's database (two at most)",
+    )
     web_host: str = Field("127.0.0.1", description="address the metrics and health pages bind")
     web_port: int = Field(6066, ge=0, le=65535, description="metrics and health endpoint")
     live_max_loop_lag_s: float = Field(

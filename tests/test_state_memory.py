@@ -7,6 +7,7 @@ import tracemalloc
 from pathlib import Path
 
 import orjson
+import pytest
 
 from streams.runtime.app import create_worker
 from streams.runtime.state import write_local
@@ -15,19 +16,23 @@ from streams.settings import Settings
 MIB = 1024 * 1024
 
 
-def test_every_table_bounds_its_rocksdb_caches_and_write_buffers(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("cache_mib", "buffer_mib"), [(None, None), (64, 16)])
+def test_every_table_bounds_its_rocksdb_caches_and_write_buffers(
+    tmp_path: Path, cache_mib: int | None, buffer_mib: int | None
+) -> None:
     """Faust's defaults reserve up to 2 GiB of block cache and 192 MB of write buffers
     per partition's database; the ingest duplicate window once kept them."""
-    worker = create_worker(Settings(data_dir=tmp_path), ("touchpoints.web",))
+    extra = {}
+    if cache_mib is not None:
+        extra = {"state_block_cache_mib": cache_mib, "state_write_buffer_mib": buffer_mib}
+    worker = create_worker(Settings(data_dir=tmp_path, **extra), ("touchpoints.web",))
     tables = list(worker.app.tables.values())
     assert len(tables) >= 4
     for table in tables:
         options = table.options or {}
-        assert options.get("block_cache_size", 2 * 1024 * MIB) <= 32 * MIB, table.name
-        buffers = options.get("write_buffer_size", 64 * MIB) * options.get(
-            "max_write_buffer_number", 3
-        )
-        assert buffers <= 32 * MIB, table.name
+        assert options.get("block_cache_size") == (cache_mib or 8) * MIB, table.name
+        assert options.get("write_buffer_size") == (buffer_mib or 8) * MIB, table.name
+        assert options.get("max_write_buffer_number") == 2, table.name
 
 
 def test_records_waiting_for_the_changelog_are_held_at_their_own_size(tmp_path: Path) -> None:

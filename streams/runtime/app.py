@@ -55,17 +55,23 @@ __all__ = [
     "journey_rules",
     "open_clickhouse",
     "partition_rules",
+    "state_options",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: RocksDB options of the state tables, per partition's database: bounded caches (Faust's
-#: defaults reserve up to 2 GiB of block cache and 192 MB of write buffers per database).
-STATE_OPTIONS: dict[str, Any] = {
-    "block_cache_size": 32 * 1024 * 1024,
-    "write_buffer_size": 16 * 1024 * 1024,
-    "max_write_buffer_number": 2,
-}
+MIB = 1024 * 1024
+
+
+def state_options(settings: Settings) -> dict[str, Any]:
+    """RocksDB options of each state partition's database: bounded caches (Faust's defaults
+    reserve up to 2 GiB of block cache and 192 MB of write buffers per database, and a
+    worker opens one database per table partition it holds)."""
+    return {
+        "block_cache_size": settings.state_block_cache_mib * MIB,
+        "write_buffer_size": settings.state_write_buffer_mib * MIB,
+        "max_write_buffer_number": 2,
+    }
 
 
 def ingest_rules(settings: Settings) -> IngestRules:
@@ -251,7 +257,7 @@ def create_worker(
         DEDUP_TABLE,
         default=None,
         partitions=settings.topic_partitions,
-        options=dict(STATE_OPTIONS),
+        options=state_options(settings),
         help="Event ids accepted recently, one entry per input batch (the duplicate window).",
     )
 
@@ -275,7 +281,7 @@ def create_worker(
         default=None,
         partitions=1,
         value_type=bytes,
-        options=dict(STATE_OPTIONS),
+        options=state_options(settings),
         help="Identifiers (n/kind:value -> customer id), identities (c/id), the resolver's "
         "duplicate window and watermarks.",
     )
@@ -284,7 +290,7 @@ def create_worker(
         default=None,
         partitions=customers_partitions,
         value_type=bytes,
-        options=dict(STATE_OPTIONS),
+        options=state_options(settings),
         help="Per customers partition: customers (c/id), cases (k/id/case), markers of "
         "customers merged away (g/id), the partition's progress (p/n).",
     )
@@ -293,7 +299,7 @@ def create_worker(
         default=None,
         partitions=1,
         value_type=bytes,
-        options=dict(STATE_OPTIONS),
+        options=state_options(settings),
         help="The score-drop detector's hysteresis, cooldowns and each partition's progress.",
     )
     app.topic(settings.merges_topic, key_serializer="raw", value_serializer="raw")
