@@ -24,10 +24,12 @@ The journey stage an event is tagged with (``events.journey_stage``, the
 when its partition applied it, which depends on whether the hand-over of a customer
 merged into it came before: it is not compared (the customer's final stage is).
 
-The resolver's identity writes of one batch must reach its table at once (one changelog
-record batch, or a journal record replayed on load): a replay from a part of them can
-decide other merges than the first run did, and the customer partitions skip the
-replay's items. The simulator crashes the resolver before, between or after its
+The resolver's identity writes of one batch must reach its table at once: a replay
+from a part of them can decide other merges than the first run did, and the customer
+partitions skip the replay's items. Its owner journals each batch's writes, and its
+next owner completes a batch cut short before reading anything
+(``streams.runtime.journal``; ``tests/test_resolver_journal.py`` crashes the owner at
+every write). So the simulator crashes the resolver before, between or after its
 identity writes, window chunk and marks, never inside the identity writes.
 
 ``HYPOTHESIS_PROFILE=long`` runs many more examples.
@@ -464,8 +466,8 @@ class Run:
             store.apply(writes)
             self.resolved_to = start + len(records)
         else:
-            # the identity changes of a batch reach the table at once or not at all (see
-            # the module docstring); the window's chunk and the marks after them, or not
+            # the identity changes of a batch reach the table at once or not at all (the
+            # journal, see the module docstring); the window's chunk and marks after them
             self.crashes += 1
             identity = [w for w in writes if w[0][:2] in ("c/", "n/")]
             rest = writes[len(identity) :]

@@ -72,6 +72,8 @@ class PartitionStore:
             return
         db = store._db_for_partition(self.partition)
         for raw in db.keys(from_key=store._encode_key(prefix)):
+            if raw == store.offset_key:
+                continue  # Faust's own record of the changelog offset, not a table key
             key = store._decode_key(raw)
             if not (isinstance(key, str) and key.startswith(prefix)):
                 return  # keys are in order: past the prefix

@@ -3,11 +3,13 @@
 One partition (``<app_id>-resolve``), one owner at a time: the identity table holds
 ``n/<kind>:<value>`` (the identifier's customer), ``c/<customer_id>``
 (:class:`~streams.domain.identity.Identity`), ``d/<chunk>`` (the duplicate window's
-chunks) and ``w/event_time`` (the input partitions' watermarks).
+chunks), ``w/event_time`` (the input partitions' watermarks) and ``j/...`` (the journal
+that makes each batch's writes all or none, ``streams.runtime.journal``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +20,13 @@ from streams.domain.dedup import Chunk, DuplicateWindow
 from streams.domain.identity import Identity, IdentityRules, Resolver, node_key
 from streams.domain.resolve import ResolveOutput, partition_of, resolve_records, seq_of
 from streams.domain.scores import Watermarks
+from streams.runtime.journal import PART_PREFIX, Write, journaled, recover
 from streams.runtime.owners import Owner
+from streams.runtime.state import write_local
 
 __all__ = ["RECORD_BYTES", "Resolved", "ResolverOwner", "encode_records"]
+
+logger = logging.getLogger(__name__)
 
 #: Key of the input partitions' event-time watermarks.
 WATERMARKS_KEY = "w/event_time"
@@ -84,9 +90,25 @@ class ResolverOwner(Owner):
         self.watermarks: Watermarks | None = None
         #: the progress last sent to every partition (ticks)
         self.progress_sent: int | None = None
+        #: the journal's parts the store holds
+        self._journal_parts = 0
+        #: writes of a batch cut short, completed locally, to go with the next batch
+        self._recovered: list[Write] = []
 
     def _load(self) -> Watermarks:
         if self.watermarks is None:
+            # first complete a batch whose writes a crash cut short: everything read
+            # below (the window's chunks included) must see it whole
+            found = recover(self.store.get, self.store.keys(PART_PREFIX))
+            self._journal_parts = found.held
+            if found.writes:
+                logger.info(
+                    "completing the resolver's last batch from its journal (%d writes; a "
+                    "crash may have cut them short)",
+                    len(found.writes),
+                )
+                write_local(self.table, self.partition, found.writes)
+                self._recovered = found.writes
             self.window.load(0, self._chunks())
             value = self.store.get(WATERMARKS_KEY)
             marks = orjson.loads(value) if value else {}
@@ -131,7 +153,7 @@ class ResolverOwner(Owner):
             state.append((WATERMARKS_KEY, orjson.dumps(watermarks.marks)))
             watermarks.changed = False
         complete_to = watermarks.complete_to(self.idle_s)
-        resolved = Resolved(output, state, complete_to)
+        resolved = Resolved(output, self._journaled(state), complete_to)
         resolved.records = {
             p: encode_records(complete_to, items) for p, items in output.items.items()
         }
@@ -176,7 +198,20 @@ class ResolverOwner(Owner):
             "removed": len(removed),
             "node": node_key(request["kind"], "..."),
         }
-        return _identity_writes(resolver), item, partition_of(owner, self.partitions)
+        return (
+            self._journaled(_identity_writes(resolver)),
+            item,
+            partition_of(owner, self.partitions),
+        )
+
+    def _journaled(self, state: list[Write]) -> list[Write]:
+        """A batch's writes, all or none (see ``streams.runtime.journal``), with the
+        writes of a batch cut short before them, the first time."""
+        if self._recovered:
+            state = self._recovered + state
+            self._recovered = []
+        writes, self._journal_parts = journaled(state, self._journal_parts)
+        return writes
 
     @staticmethod
     def erase_record(item: dict[str, Any], offset: int) -> bytes:
