@@ -197,8 +197,8 @@ def test_a_window_loaded_from_persisted_chunks_classifies_the_same() -> None:
 
 def test_a_loaded_window_expires_the_loaded_chunks_by_their_own_age() -> None:
     w = window(window_ms=HOUR_MS)
-    old = Chunk("0/t/0/0", "t", 0, 0, [("old", 0)])
-    new = Chunk("0/t/1/1", "t", 0, HOUR_MS, [("new", 1)])
+    old = Chunk.of("0/t/0/0", "t", 0, 0, [("old", 0)])
+    new = Chunk.of("0/t/1/1", "t", 0, HOUR_MS, [("new", 1)])
     w.load(0, [new, old])
     assert w.seal("t", 0, now_ms=HOUR_MS + HOUR_MS // 2).delete == ("0/t/0/0",)
     assert not w.seen("old", "t", 0, 9)
