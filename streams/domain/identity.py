@@ -233,6 +233,12 @@ class Resolver:
         customer's first seen.
         """
         self._changed = {}
+        known = self._known(identifiers)
+        if known is not None:  # most events: every identifier is already this customer's
+            if count and at < known.first_seen:
+                known.first_seen = at
+                self._dirty.add(known.customer_id)
+            return Resolved(known.customer_id, (), (), ())
         merges: list[Merge] = []
         refusals: list[Refusal] = []
         current: Identity | None = None
@@ -281,6 +287,22 @@ class Resolver:
             self._dirty.add(current.customer_id)
         changed = tuple(c for c in self._changed if self._identities.get(c) is not None)
         return Resolved(current.customer_id, tuple(merges), tuple(refusals), changed)
+
+    def _known(self, identifiers: Mapping[str, str]) -> Identity | None:
+        """The customer that already owns every one of ``identifiers``, if one does."""
+        found: str | None = None
+        for kind, value in identifiers.items():
+            owner_id = self.owner(kind, value)
+            if owner_id is None or (found is not None and owner_id != found):
+                return None
+            found = owner_id
+        identity = None if found is None else self.identity(found)
+        if identity is None:
+            return None
+        for kind, value in identifiers.items():
+            if not identity.has(kind, value):
+                return None  # a replay cut short between writes: the full path repairs it
+        return identity
 
     def changes(self) -> Changes:
         """The writes to persist, in the order to write them: the live customers, then the
