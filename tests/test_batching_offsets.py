@@ -120,9 +120,12 @@ class Harness:
         self.consumer = consumer
         self._next: dict[TP, Sequence[Any]] = {}
 
+        #: the partitions not paused while a fetch is under way
+        self.active: set[TP] = {TP0}
+
         async def fetched(timeout: float) -> tuple[dict[TP, Sequence[Any]], set[TP]]:
             records, self._next = self._next, {}
-            return records, {TP0}
+            return records, set(self.active)
 
         consumer._wait_next_records = fetched
 
@@ -219,9 +222,34 @@ async def test_a_run_dropped_after_the_probe_does_not_prove_the_gap_empty() -> N
     await h.fetch(100, 104)
     assert await h.fetch(110, 114) == []  # gap 105-109: read again
     # the re-read run is fetched but dropped before delivery (partition paused again)
-    h.consumer._drop({TP0: _records(105, 109)})
+    h.consumer._drop({TP0: _records(105, 109)})  # sends the consumer back at once
     assert await h.fetch(110, 114) == []  # still a gap: read again, never settled
-    assert h.kafka.seeks.count((TP0, 105)) == 2
+    assert h.kafka.seeks.count((TP0, 105)) == 3
+
+
+async def test_a_run_dropped_at_the_end_of_a_partition_is_read_again_without_a_later_run() -> None:
+    """No record comes after it, so no later run reveals the gap: the drop itself sends
+    the consumer back (a restarted worker's commits once stayed behind for good)."""
+    h = Harness(committed=100)
+    await h.seek()
+    await h.fetch(100, 104)
+    h.active = set()  # the partition is paused while 105-109 are fetched
+    assert await h.fetch(105, 109) == []
+    assert h.kafka.seeks[-1] == (TP0, 105)
+    h.active = {TP0}
+    again = await h.fetch(105, 109)
+    assert _offsets(again) == list(range(105, 110))
+
+
+async def test_a_run_dropped_before_the_cursor_opened_is_read_from_the_target_again() -> None:
+    """The fetcher runs while Faust seeks: a run fetched from the committed offset and
+    dropped before the generation's cursor opens moved the consumer past it."""
+    h = Harness(committed=100)
+    h.consumer._drop({TP0: _records(100, 109)})  # no cursor yet
+    await h.seek()
+    assert h.kafka.seeks[-1] == (TP0, 100)
+    delivered = await h.fetch(100, 109)
+    assert _offsets(delivered) == list(range(100, 110))
 
 
 async def test_nothing_is_delivered_twice_within_a_generation() -> None:

@@ -22,6 +22,10 @@ since. It delivers a run only in order from the cursor:
   records exist there (transaction markers, compaction). The consumer reads the
   partition again from the cursor; a run that then still starts later proves the gap
   empty, and only then does a batch settle it.
+* a run fetched and not delivered is read again at once, from the cursor (or, fetched
+  before the cursor opened, from where the generation's seek put the partition): a gap
+  at the end of a partition has no later run to reveal it, and its offsets would stay
+  uncommitted until the next record arrived.
 
 Acking a batch settles the offsets it covers (and a gap proven empty before it). A
 commit only ever reaches the end of an unbroken run of settled offsets starting at the
@@ -125,6 +129,8 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._cursors = {}
+        #: batched partitions with runs dropped before their generation's cursor opened
+        self._dropped_early: set[TP] = set()
 
     def _is_batched(self, topic: str) -> bool:
         return bool(getattr(self.app, "is_batched_topic", _never)(topic))
@@ -185,16 +191,27 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
             if read_again and not self._is_batched(tp.topic) and not self._is_changelog_tp(tp):
                 self._thread.seek(tp, int(run[0].offset))
                 continue
-            cursor = self._cursors.get(tp)
-            if cursor is not None:
-                cursor.probing = False
-                logger.debug(
-                    "run %s[%d] %d-%d fetched and not delivered",
-                    tp.topic,
-                    tp.partition,
-                    run[0].offset,
-                    run[-1].offset,
-                )
+            if self._is_batched(tp.topic):
+                self._read_again(tp, run)
+
+    def _read_again(self, tp: TP, run: Sequence[Any]) -> None:
+        """A run of a batched partition fetched and not delivered: send the consumer
+        back to the cursor if the run reached it (see the module docstring)."""
+        cursor = self._cursors.get(tp)
+        if cursor is None or cursor.generation != self.app.consumer_generation_id:
+            self._dropped_early.add(tp)  # the generation's seek is still to come
+            return
+        cursor.probing = False
+        if int(run[-1].offset) >= cursor.next:
+            logger.debug(
+                "run %s[%d] %d-%d fetched and not delivered; reading from %d again",
+                tp.topic,
+                tp.partition,
+                run[0].offset,
+                run[-1].offset,
+                cursor.next,
+            )
+            self._thread.seek(tp, cursor.next)
 
     async def _admit(
         self, tp: TP, run: Sequence[Any], generation_id: int
@@ -202,7 +219,10 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
         """The batch to deliver from ``run``, or None (see the module docstring)."""
         cursor = self._cursors.get(tp)
         if cursor is None or cursor.generation != generation_id:
-            return None  # before this generation's seek: read again from the committed offset
+            # before this generation's seek (read again from the committed offset), or
+            # fetched in an earlier generation
+            self._read_again(tp, run)
+            return None
         fresh = (
             run
             if int(run[0].offset) >= cursor.next
@@ -256,6 +276,11 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
             tp = _as_tp(tp)
             if tp not in resume:
                 self._cursors[tp] = _Cursor(generation_id, target, target)
+                if tp in self._dropped_early:
+                    # a run fetched after the seek above and dropped before the cursor
+                    # opened has moved the consumer past it: from the target again
+                    self._thread.seek(tp, target)
+        self._dropped_early.difference_update(_as_tp(tp) for tp in targets)
         return committed
 
     async def _send_to_targets(
@@ -287,6 +312,7 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._cursors.pop(tp, None)
+            self._dropped_early.discard(tp)
         await super().on_partitions_revoked(revoked)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
