@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from streams.runtime.batching import BatchingApp, RecordBatch
@@ -113,6 +114,8 @@ class Harness:
             _ensure_consumer=lambda: _Aiokafka(self.kafka),
             seek=self.kafka.seek,
             highwater=self.kafka.highwater,
+            # the consumer thread's loop: seeks run there, after the current step
+            thread_loop=asyncio.get_running_loop(),
         )
         # the consumer made its own thread and loop for a broker; this test has none
         consumer._thread.thread_loop.close()
@@ -132,12 +135,20 @@ class Harness:
     async def fetch(self, first: int, last: int) -> list[Any]:
         """One fetch returning records first..last; the batch messages delivered from it."""
         self._next = {TP0: _records(first, last)}
-        return [message async for _tp, message in self.consumer.getmany(1.0)]
+        delivered = [message async for _tp, message in self.consumer.getmany(1.0)]
+        await asyncio.sleep(0)  # the seeks it asked for run on the consumer's thread
+        return delivered
+
+    async def drop(self, records: Mapping[TP, Sequence[Any]]) -> None:
+        """Runs fetched and not delivered (a pause, a rebalance under way)."""
+        self.consumer._drop(records)
+        await asyncio.sleep(0)
 
     async def seek(self) -> None:
         """Faust's seek to the committed offsets (recovery, rebalance)."""
         await self.app.topics._update_indices()  # which topics take acks
         await self.consumer.perform_seek()
+        await asyncio.sleep(0)
 
     def ack(self, message: Any) -> None:
         self.consumer.ack(message)
@@ -222,7 +233,7 @@ async def test_a_run_dropped_after_the_probe_does_not_prove_the_gap_empty() -> N
     await h.fetch(100, 104)
     assert await h.fetch(110, 114) == []  # gap 105-109: read again
     # the re-read run is fetched but dropped before delivery (partition paused again)
-    h.consumer._drop({TP0: _records(105, 109)})  # sends the consumer back at once
+    await h.drop({TP0: _records(105, 109)})  # sends the consumer back at once
     assert await h.fetch(110, 114) == []  # still a gap: read again, never settled
     assert h.kafka.seeks.count((TP0, 105)) == 3
 
@@ -245,7 +256,7 @@ async def test_a_run_dropped_before_the_cursor_opened_is_read_from_the_target_ag
     """The fetcher runs while Faust seeks: a run fetched from the committed offset and
     dropped before the generation's cursor opens moved the consumer past it."""
     h = Harness(committed=100)
-    h.consumer._drop({TP0: _records(100, 109)})  # no cursor yet
+    await h.drop({TP0: _records(100, 109)})  # no cursor yet
     await h.seek()
     assert h.kafka.seeks[-1] == (TP0, 100)
     delivered = await h.fetch(100, 109)
@@ -334,5 +345,28 @@ async def test_a_run_of_an_agent_topic_dropped_while_paused_is_read_again() -> N
     alerts = TP("touchpoints.alerts", 3)
     h._next = {alerts: _records(40, 44)}  # fetched; the partition is not active
     delivered = [message async for _tp, message in h.consumer.getmany(1.0)]
+    await asyncio.sleep(0)
     assert delivered == []
     assert h.kafka.seeks == [(alerts, 40)]
+
+
+async def test_seeks_run_on_the_consumer_thread_and_skip_a_partition_revoked_meanwhile() -> None:
+    """aiokafka's fetcher is not thread-safe: a seek made from the event loop's thread
+    while the consumer thread drained fetched records crashed a worker (``KeyError`` in
+    ``fetched_records``). Seeks wait for the consumer thread's loop; one that finds its
+    partition revoked by then is dropped, not raised."""
+    h = Harness(committed=100)
+    await h.seek()
+    await h.fetch(100, 104)
+    seeks = len(h.kafka.seeks)
+    h.consumer._drop({TP0: _records(105, 109)})
+    assert len(h.kafka.seeks) == seeks  # not from this thread
+    await asyncio.sleep(0)
+    assert h.kafka.seeks[-1] == (TP0, 105)
+
+    def revoked(tp: Any, offset: int) -> None:
+        raise IllegalStateError(f"No current assignment for partition {tp}")
+
+    h.kafka.seek = revoked  # type: ignore[method-assign]
+    h.consumer._thread.seek = revoked
+    await h.drop({TP0: _records(105, 109)})  # no error escapes

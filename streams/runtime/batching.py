@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.assignor import PartitionAssignor
 from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -189,7 +190,7 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
             if not run:
                 continue
             if read_again and not self._is_batched(tp.topic) and not self._is_changelog_tp(tp):
-                self._thread.seek(tp, int(run[0].offset))
+                self._seek_soon(tp, int(run[0].offset))
                 continue
             if self._is_batched(tp.topic):
                 self._read_again(tp, run)
@@ -211,7 +212,25 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
                 run[-1].offset,
                 cursor.next,
             )
-            self._thread.seek(tp, cursor.next)
+            self._seek_soon(tp, cursor.next)
+
+    def _seek_soon(self, tp: TP, offset: int) -> None:
+        """Send the consumer back to ``offset`` of ``tp``, on the consumer's own thread.
+
+        aiokafka's fetcher is not thread-safe: a seek from this thread raced its drain of
+        fetched records (``KeyError`` in ``fetched_records``) and crashed the worker. A
+        partition revoked before the seek runs is left to its next owner.
+        """
+        thread: Any = self._thread
+        self._read_offset[tp] = offset or None
+
+        def seek() -> None:
+            try:
+                thread.seek(tp, offset)
+            except IllegalStateError:
+                logger.debug("%s[%d] no longer assigned: not sought", tp.topic, tp.partition)
+
+        thread.thread_loop.call_soon_threadsafe(seek)
 
     async def _admit(
         self, tp: TP, run: Sequence[Any], generation_id: int
@@ -240,7 +259,7 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
                 first - 1,
             )
             cursor.probing = True
-            await self.seek(tp, cursor.next)
+            self._seek_soon(tp, cursor.next)
             return None
         settle_from = cursor.next
         cursor.next = int(fresh[-1].offset) + 1
@@ -279,7 +298,7 @@ class _BatchingConsumer(faust_aiokafka.Consumer):
                 if tp in self._dropped_early:
                     # a run fetched after the seek above and dropped before the cursor
                     # opened has moved the consumer past it: from the target again
-                    self._thread.seek(tp, target)
+                    self._seek_soon(tp, target)
         self._dropped_early.difference_update(_as_tp(tp) for tp in targets)
         return committed
 
