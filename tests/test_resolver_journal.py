@@ -67,13 +67,13 @@ def test_every_prefix_of_a_journaled_batch_recovers_to_all_of_it_or_none(
     first: list[Write], second: list[Write], part_bytes: int
 ) -> None:
     store: dict[str, bytes] = {}
-    writes, held = journaled(first, 0, batch="one", max_bytes=part_bytes)
+    writes, held = journaled(first, 0, part_bytes, batch="one")
     apply(store, writes)
     before = dict(store)
     after = dict(store)
     apply(after, second)
 
-    writes, now_held = journaled(second, held, batch="two", max_bytes=part_bytes)
+    writes, now_held = journaled(second, held, part_bytes, batch="two")
     assert [k for k, _ in writes[-len(second) :]] == [k for k, _ in second]
     head = next(i for i, (k, _) in enumerate(writes) if k == HEAD)
     for cut in range(len(writes) + 1):
@@ -88,7 +88,7 @@ def test_every_prefix_of_a_journaled_batch_recovers_to_all_of_it_or_none(
 
 def test_a_journal_part_holds_at_most_its_bytes_and_a_large_write_alone() -> None:
     writes: list[Write] = [(f"c/{i}", b"x" * 100) for i in range(10)] + [("c/big", b"y" * 5000)]
-    out, held = journaled(writes, 0, batch="b", max_bytes=1000)
+    out, held = journaled(writes, 0, 1000, batch="b")
     parts = [v for k, v in out if k.startswith(PART_PREFIX) and v is not None]
     assert held == len(parts) >= 3
     assert all(len(p) < 1100 for p in parts[:-1])
@@ -96,7 +96,7 @@ def test_a_journal_part_holds_at_most_its_bytes_and_a_large_write_alone() -> Non
 
 
 def test_no_head_or_a_part_missing_recovers_nothing() -> None:
-    writes, _ = journaled([("c/a", b"1"), ("c/b", b"2")], 0, batch="b")
+    writes, _ = journaled([("c/a", b"1"), ("c/b", b"2")], 0, 1 << 19, batch="b")
     store: dict[str, bytes] = {}
     apply(store, writes)
     assert recover(store.get, []).writes == [("c/a", b"1"), ("c/b", b"2")]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import orjson
 
@@ -37,9 +38,6 @@ __all__ = ["HEAD", "PART_PREFIX", "Recovered", "Write", "journaled", "part_key",
 HEAD = "j/head"
 #: Prefix of the keys of the journal's parts: ``{"b": batch id, "w": [[key, value], ...]}``.
 PART_PREFIX = "j/p"
-#: Largest part, in bytes of JSON (below Kafka's default message.max.bytes of 1 MiB).
-PART_BYTES = 512 * 1024
-
 Write = tuple[str, bytes | None]
 
 
@@ -48,11 +46,12 @@ def part_key(index: int) -> str:
 
 
 def journaled(
-    writes: Sequence[Write], held: int, *, batch: str | None = None, max_bytes: int = PART_BYTES
+    writes: Sequence[Write], held: int, max_bytes: int, *, batch: str | None = None
 ) -> tuple[list[Write], int]:
     """The writes to persist for ``writes``: the journal's parts, its head, the deletion
     of parts an earlier journal left beyond this one's (``held``: how many parts the
-    store holds), then ``writes`` themselves. Returns them and the parts now held."""
+    store holds), then ``writes`` themselves; a part holds about ``max_bytes`` of JSON
+    (the owner's record bound). Returns them and the parts now held."""
     if not writes:
         return [], held
     batch = batch or os.urandom(8).hex()
@@ -75,12 +74,12 @@ def journaled(
     return out, len(parts)
 
 
+@dataclass(frozen=True, slots=True)
 class Recovered:
     """What :func:`recover` found: the writes to apply again, and the parts held."""
 
-    def __init__(self, writes: list[Write], held: int) -> None:
-        self.writes = writes
-        self.held = held
+    writes: list[Write]
+    held: int
 
 
 def recover(get: Callable[[str], bytes | None], part_keys: Iterable[str]) -> Recovered:

@@ -210,7 +210,7 @@ class ResolverOwner(Owner):
         if self._recovered:
             state = self._recovered + state
             self._recovered = []
-        writes, self._journal_parts = journaled(state, self._journal_parts)
+        writes, self._journal_parts = journaled(state, self._journal_parts, RECORD_BYTES)
         return writes
 
     @staticmethod
