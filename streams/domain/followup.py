@@ -37,10 +37,10 @@ from schemas.customer import Fact, FollowUp, FollowupState
 
 __all__ = [
     "DETRACTOR",
-    "FollowupIndex",
     "OUTBOUND",
     "RESOLUTION",
     "FollowUp",
+    "FollowupIndex",
     "FollowupRules",
     "FollowupState",
     "Outcome",
