@@ -31,8 +31,8 @@ ORDER BY followup_id;
 
 -- followups: one row per follow-up, customer_id resolved to the customer it belongs to
 -- now, with how long it took and its outcome:
---   in_time  closed at or before its due time
---   late     closed after its due time
+--   in_time  closed before any due time of it passed
+--   late     closed after a due time passed (customer.followup_overdue fired)
 --   overdue  past its due time and still open (never followed up, so far)
 --   open     not due yet (as far as the stream's event-time progress goes)
 --   merged   went into another follow-up when its customer merged (counted there)
@@ -58,7 +58,7 @@ SELECT
        dateDiff('millisecond', f.opened_at, f.closed_at) / 3600000) AS hours_to_follow_up,
     multiIf(
         f.closed_how = 'merged', 'merged',
-        f.closed_at IS NOT NULL AND f.closed_at <= f.due_at, 'in_time',
+        f.closed_at IS NOT NULL AND f.overdue = 0, 'in_time',
         f.closed_at IS NOT NULL, 'late',
         f.overdue = 1, 'overdue',
         'open') AS outcome,
@@ -110,12 +110,12 @@ CREATE OR REPLACE VIEW {database}.followup_effect AS
 SELECT
     if(outcome = 'overdue', 'never', outcome) AS followed_up,
     count() AS answers,
-    round(countIf(detractor) / answers, 3) AS detractor_share,
+    round(countIf(next_detractor) / answers, 3) AS detractor_share,
     round(1.96 * sqrt(detractor_share * (1 - detractor_share) / answers), 3)
         AS detractor_share_margin,
-    countIf(metric = 'nps') AS nps_answers,
-    countIf(metric = 'nps' AND score >= 9) AS promoters,
-    countIf(metric = 'nps' AND score <= 6) AS detractors,
+    countIf(next_metric = 'nps') AS nps_answers,
+    countIf(next_metric = 'nps' AND next_score >= 9) AS promoters,
+    countIf(next_metric = 'nps' AND next_score <= 6) AS detractors,
     if(nps_answers = 0, NULL, round(100 * (promoters - detractors) / nps_answers, 1)) AS nps,
     if(nps_answers = 0, NULL, round(1.96 * 100 * sqrt(greatest(0,
         (promoters + detractors) / nps_answers
@@ -123,11 +123,11 @@ SELECT
 FROM
 (
     SELECT
-        f.followup_id,
+        f.followup_id AS followup_id,
         any(f.outcome) AS outcome,
-        argMin(e.survey_metric, (e.occurred_at, e.event_id)) AS metric,
-        argMin(e.survey_score, (e.occurred_at, e.event_id)) AS score,
-        multiIf(metric = 'nps', score <= 6, score <= 1) AS detractor
+        argMin(e.survey_metric, (e.occurred_at, e.event_id)) AS next_metric,
+        argMin(e.survey_score, (e.occurred_at, e.event_id)) AS next_score,
+        multiIf(next_metric = 'nps', next_score <= 6, next_score <= 1) AS next_detractor
     FROM {database}.followups AS f
     INNER JOIN
     (

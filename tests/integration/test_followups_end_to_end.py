@@ -103,6 +103,12 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
         call_back("erin-call", "erin", t0 + 60 * HOUR),
         # a promoter: no follow-up
         answer("fred-nps", "fred", t0, "nps", 10),
+        # the next answers: after the call back (alice, carol), after the resolution
+        # (dave), after the due time passed with nobody calling (bob)
+        answer("alice-next", "alice", t0 + 3 * HOUR, "nps", 9),
+        answer("carol-next", "carol", t0 + 61 * HOUR, "nps", 10),
+        answer("dave-next", "dave", t0 + 6 * HOUR, "csat", 5),
+        answer("bob-next", "bob", t0 + 50 * HOUR, "nps", 7),
     ]
     async with Receiver() as receiver:
         stack.env["TOUCHPOINT_WEBHOOK_SECRET_HOOKS"] = SECRET
@@ -140,10 +146,11 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
             alert_id("customer.followup_overdue", "carol-csat"),
         }
 
-        async def overdue_stored() -> bool:
+        async def overdue_delivered() -> bool:
             ids = (
                 await ch.query(
-                    f"SELECT alert_id FROM {db}.alerts WHERE type = 'customer.followup_overdue'"
+                    f"SELECT alert_id FROM {db}.alerts WHERE type = 'customer.followup_overdue' "
+                    "AND delivery_status = 'delivered'"
                 )
             ).result_rows
             return {i for (i,) in ids} >= missed
@@ -151,9 +158,12 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
         worker = await started(stack.start_worker())
         try:
             await produce(stack.bootstrap, messages(first), None)
-            await wait_for(overdue_stored, worker, what="the two overdue alerts")
+            await wait_for(overdue_delivered, worker, what="the two overdue alerts delivered")
         finally:
-            worker.stop(signal.SIGKILL)  # a crash, right after the alerts went out
+            # a crash, right after the deliveries were recorded (a crash between an
+            # endpoint's 2xx and that record may send one again: receivers de-duplicate
+            # on webhook-id, README "Alerts")
+            worker.stop(signal.SIGKILL)
 
         # restarted on its own local state: event time moves past every due time
         worker = await started(stack.start_worker())
@@ -179,9 +189,7 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
 
             async def seen() -> bool:
                 return bool(
-                    await scalar(
-                        ch, f"SELECT count() FROM {db}.events WHERE event_id = 'later-2'"
-                    )
+                    await scalar(ch, f"SELECT count() FROM {db}.events WHERE event_id = 'later-2'")
                 )
 
             await wait_for(seen, worker, what="the last event")
@@ -206,9 +214,7 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
         ("erin-nps-1", "in_time", "contact", call, "retention", "agent-007", 2, 0),
     ]
     hours = dict(
-        (
-            await ch.query(f"SELECT followup_id, hours_to_follow_up FROM {db}.followups")
-        ).result_rows
+        (await ch.query(f"SELECT followup_id, hours_to_follow_up FROM {db}.followups")).result_rows
     )
     assert hours["alice-nps"] == pytest.approx(2 / 60)
     assert hours["carol-csat"] == pytest.approx(60)
@@ -225,9 +231,7 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
     assert set(stored) == missed and max(stored.values()) == 1
     delivered = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert set(delivered) == missed and max(delivered.values()) == 1, delivered
-    bodies = {
-        verify(SECRET, r.headers, r.body)["data"]["followup_id"] for r in receiver.requests
-    }
+    bodies = {verify(SECRET, r.headers, r.body)["data"]["followup_id"] for r in receiver.requests}
     assert bodies == {"bob-nps", "carol-csat"}
     weekly = (
         await ch.query(
@@ -237,3 +241,14 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
     ).result_rows[0]
     assert weekly[:4] == (5, 3, 1, 1)
     assert weekly[4] == pytest.approx(4)
+    effect = (
+        await ch.query(
+            f"SELECT followed_up, answers, detractor_share, nps_answers, nps "
+            f"FROM {db}.followup_effect ORDER BY followed_up"
+        )
+    ).result_rows
+    assert effect == [
+        ("in_time", 2, 0.0, 1, 100.0),
+        ("late", 1, 0.0, 1, 100.0),
+        ("never", 1, 0.0, 1, 0.0),
+    ]
