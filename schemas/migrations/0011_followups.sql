@@ -125,15 +125,15 @@ FROM
     SELECT
         f.followup_id AS followup_id,
         any(f.outcome) AS outcome,
-        argMin(e.survey_metric, (e.occurred_at, e.event_id)) AS next_metric,
-        argMin(e.survey_score, (e.occurred_at, e.event_id)) AS next_score,
+        argMin(e.answer_metric, (e.occurred_at, e.event_id)) AS next_metric,
+        argMin(e.answer_score, (e.occurred_at, e.event_id)) AS next_score,
         multiIf(next_metric = 'nps', next_score <= 6, next_score <= 1) AS next_detractor
     FROM {database}.followups AS f
     INNER JOIN
     (
         SELECT customer_id, event_id, occurred_at,
-               assumeNotNull(survey_metric) AS survey_metric,
-               assumeNotNull(survey_score) AS survey_score
+               assumeNotNull(survey_metric) AS answer_metric,
+               assumeNotNull(survey_score) AS answer_score
         FROM {database}.events
         WHERE survey_metric IS NOT NULL AND survey_score IS NOT NULL
     ) AS e ON e.customer_id = f.customer_id

@@ -105,6 +105,7 @@ async def test_a_missed_follow_up_fires_once_through_crashes_and_restarts(
         answer("fred-nps", "fred", t0, "nps", 10),
         # the next answers: after the call back (alice, carol), after the resolution
         # (dave), after the due time passed with nobody calling (bob)
+        touch("alice-browse", "alice", t0 + 2 * HOUR, "web", type="page_view"),  # no answer
         answer("alice-next", "alice", t0 + 3 * HOUR, "nps", 9),
         answer("carol-next", "carol", t0 + 61 * HOUR, "nps", 10),
         answer("dave-next", "dave", t0 + 6 * HOUR, "csat", 5),
