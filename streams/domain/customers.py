@@ -746,9 +746,14 @@ def state_writes(
     index_prefix: str = "f/",
 ) -> list[tuple[str, bytes | None]]:
     """The batch's state writes (None deletes), in an order that keeps every prefix
-    replayable: cases written ``k/<id>/<case_id>``, gone markers ``g/<id>``, customers
-    ``c/<id>`` (live and removed), cases removed, then ``mark_key`` with the high-water
-    mark and row version.
+    replayable: cases written ``k/<id>/<case_id>``, gone markers ``g/<id>``, follow-up
+    index entries set (``<index_prefix><id>``), customers ``c/<id>`` (live and removed),
+    cases removed, index entries removed, then ``mark_key`` with the high-water mark, row
+    version and (with ``followups``) the progress folded.
+
+    An index entry is set before its customer and removed after it: a prefix may leave
+    an entry whose customer needs no fold (harmless: the fold finds nothing to do),
+    never a customer waiting for a fold with no entry.
 
     A crash may persist a prefix only (a batch's writes can take several changelog
     record batches); its records are then applied again over that prefix. Applying a
