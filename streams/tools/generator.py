@@ -247,7 +247,7 @@ class _Journeys:
         rng = self.follow_rng
         c.call_scheduled = False
         c.followed_up, c.followed_up_at = outcome, when
-        interaction = {
+        interaction: dict[str, Any] = {
             "direction": "outbound",
             "queue": rng.choice(("retention", "retention", "billing", "technical")),
             "agent_id": f"agent-{rng.randrange(200):03d}",
