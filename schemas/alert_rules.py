@@ -39,6 +39,7 @@ from pydantic import (
 __all__ = [
     "ALERT_TYPES",
     "AlertRules",
+    "AtRiskRule",
     "DetractorRule",
     "EffortSpikeRule",
     "Endpoint",
@@ -49,7 +50,11 @@ __all__ = [
 ]
 
 AlertType = Literal[
-    "score.dropped", "score.recovered", "customer.detractor", "customer.effort_spike"
+    "score.dropped",
+    "score.recovered",
+    "customer.detractor",
+    "customer.effort_spike",
+    "customer.at_risk",
 ]
 ALERT_TYPES: tuple[AlertType, ...] = get_args(AlertType)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -130,6 +135,28 @@ class EffortSpikeRule(_Rule):
     case_points_above: int | None = Field(default=100, ge=1)
 
 
+class AtRiskRule(_Rule):
+    """``customer.at_risk``: the customer's detractor probability (the model's score,
+    ``streams.domain.risk``) reaches ``threshold``; once per crossing: armed again only
+    after it falls below ``rearm_below``. The payload names the ``reasons`` features
+    that raise the score most."""
+
+    enabled: bool = True
+    #: the shipped model's detractor band starts there (twice the demo's detractor rate)
+    threshold: float = Field(default=0.35, gt=0, lt=1)
+    rearm_below: float = Field(default=0.3, gt=0, lt=1)
+    reasons: int = Field(default=3, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AtRiskRule:
+        if self.rearm_below >= self.threshold:
+            raise ValueError(
+                f"rearm_below ({self.rearm_below}) must be below the threshold "
+                f"({self.threshold}), or a customer near it would fire again and again"
+            )
+        return self
+
+
 class Endpoint(_Rule):
     """A webhook endpoint: where, which alerts, how hard to try."""
 
@@ -181,6 +208,7 @@ class AlertRules(_Rule):
     score_drop: ScoreDropRule = ScoreDropRule()
     detractor: DetractorRule = DetractorRule()
     effort_spike: EffortSpikeRule = EffortSpikeRule()
+    at_risk: AtRiskRule = AtRiskRule()
     endpoints: tuple[Endpoint, ...] = ()
     #: largest response body read from an endpoint (the rest is ignored)
     max_response_bytes: int = Field(default=65536, ge=1024)
