@@ -18,7 +18,7 @@ import orjson
 from schemas.alert_rules import AlertRules
 from schemas.alerts import Alert
 from schemas.customer import Customer, customer_from_json
-from streams.domain.alerts import detractor_alert, effort_spike_alert
+from streams.domain.alerts import at_risk_alert, detractor_alert, effort_spike_alert
 from streams.domain.customers import (
     CustomerBook,
     Gone,
@@ -110,7 +110,8 @@ class CustomerPartition(Owner):
     def _alerts(
         self, out: PartitionOutput, book: CustomerBook, cases: CaseBook, now_ms: int
     ) -> list[Alert]:
-        """Detractor answers and cases whose effort crossed the threshold."""
+        """Detractor answers, cases whose effort crossed the threshold, and customers
+        whose detractor risk crossed the at-risk threshold."""
         rules = self.alert_rules
         fired: list[Alert] = []
         if rules.detractor.enabled:
@@ -137,6 +138,22 @@ class CustomerPartition(Owner):
                 )
                 if alert is not None:
                     fired.append(alert)
+        if rules.at_risk.enabled:
+            for r in out.at_risk:
+                fired.append(
+                    at_risk_alert(
+                        rules.at_risk,
+                        r.customer_id,
+                        r.cause,
+                        r.at,
+                        r.p,
+                        r.band,
+                        r.model,
+                        r.reasons,
+                        book.customer(r.customer_id),
+                        now_ms,
+                    )
+                )
         sent = self.alerts_sent
         fresh = [a for a in fired if a.id not in sent]
         for alert in fresh:
