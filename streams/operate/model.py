@@ -53,6 +53,7 @@ __all__ = [
     "examples_from_rows",
     "fit",
     "format_evaluation",
+    "scores_from_rows",
     "top_decile_lift",
 ]
 
@@ -162,6 +163,18 @@ def examples_from_rows(
         book.dirty.clear()
         cases.dirty.clear()
     return out
+
+
+def scores_from_rows(rows: Iterable[Sequence[Any]], rules: PartitionRules) -> dict[str, Any]:
+    """Every customer's risk (:class:`schemas.customer.Risk`) after all of ``rows``
+    (``READ_COLUMNS`` order, event-time order), folded as the stream folds them: what
+    ``customer_360.p_detractor`` must hold once the stream has applied the same events."""
+    rules = replace(rules, partitions=1)
+    book = CustomerBook(lambda _customer: None, lambda _customer: None)
+    cases = CaseBook(rules.effort, lambda _customer, _case: None)
+    records = [(seq, [None, [["e", seq, _row(values), None]]]) for seq, values in enumerate(rows)]
+    process_records(records, book, cases, rules, -1, 1, 0)
+    return {cid: c.risk for cid, c in book.customers.items() if c is not None}
 
 
 # -- training ------------------------------------------------------------------------------
