@@ -300,3 +300,13 @@ def test_evaluation_splits_by_time_and_beats_the_baselines_on_a_clear_signal() -
     assert (e.train, e.test) == (420, 180) and e.train_to < e.test_from
     assert e.model.auc is not None and e.model.auc > 0.7
     assert all(e.model.auc > (b.auc or 0.0) for b in e.baselines)
+
+
+@given(contact_specs)
+def test_the_open_case_points_are_the_effort_points(specs: list[tuple[Any, ...]]) -> None:
+    from streams.domain.risk import _points
+
+    _behaviour, book = _fold(_contacts(specs))
+    for contacts in book.cases.values():
+        for c in contacts:
+            assert _points(c) == c.points

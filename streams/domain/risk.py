@@ -219,6 +219,29 @@ def decayed(b: Behaviour, t: int) -> list[float]:
 # -- features ------------------------------------------------------------------------------
 
 
+_W_CONTACT, _W_REPEAT, _W_SWITCH = WEIGHTS["contact"], WEIGHTS["repeat"], WEIGHTS["switch"]
+_W_TRANSFERRED, _W_ESCALATED = WEIGHTS["transferred"], WEIGHTS["escalated"]
+_W_UNRESOLVED, _W_MINUTE, _W_WAIT_CAP = (
+    WEIGHTS["unresolved"],
+    WEIGHTS["wait_minute"],
+    WEIGHTS["wait_cap"],
+)
+
+
+def _points(c: Contact) -> int:
+    """:func:`streams.domain.effort.points`, with the weights bound once (it runs for
+    every contact of every open case on every event; a test keeps the two equal)."""
+    return (
+        _W_CONTACT
+        + _W_REPEAT * c.repeat
+        + _W_SWITCH * c.switch
+        + _W_TRANSFERRED * c.transferred
+        + _W_ESCALATED * c.escalated
+        + _W_UNRESOLVED * c.unresolved
+        + min(_W_WAIT_CAP, int(c.wait_s // 60) * _W_MINUTE)
+    )
+
+
 def _days(since: int, t: int, cap: float) -> float:
     if not since:
         return cap
@@ -236,17 +259,23 @@ def features(
     j = customer.journey
     x = decayed(customer.behaviour, t)
     cases = list(j.open_cases.values())
-    held = [list(contacts) for contacts in open_contacts]
+    most_points, most_troubles, most_wait = 0, 0, 0.0
+    for contacts in open_contacts:  # one pass per case: this runs for every event
+        case_points, troubles, wait = 0, 0, 0.0
+        for c in contacts:
+            case_points += _points(c)
+            troubles += c.transferred + c.escalated
+            wait += min(WAIT_CAP_MINUTES, c.wait_s / 60)
+        most_points = max(most_points, case_points)
+        most_troubles = max(most_troubles, troubles)
+        most_wait = max(most_wait, wait)
     x += [
         float(len(cases)),
         float(max((c.contacts for c in cases), default=0)),
         float(max((len(c.channels) for c in cases), default=0)),
-        float(max((sum(c.points for c in cs) for cs in held), default=0)),
-        float(max((sum(c.transferred + c.escalated for c in cs) for cs in held), default=0)),
-        max(
-            (sum(min(WAIT_CAP_MINUTES, c.wait_s / 60) for c in cs) for cs in held),
-            default=0.0,
-        ),
+        float(most_points),
+        float(most_troubles),
+        most_wait,
         _days(customer.behaviour.last_contact_at, t, RECENCY_CAP_DAYS),
         _days(j.answer_history[0].at if j.answer_history else 0, t, RECENCY_CAP_DAYS),
         _days(j.first_seen, t, TENURE_CAP_DAYS) if j.first_seen else 0.0,
@@ -265,17 +294,18 @@ def features(
         share(("billing",)),
     ]
     history = j.answer_history
-    detractors = [is_detractor(_DETRACTOR, a.metric, a.score) for a in history]
-    last_score = 0.0
     if history:
-        low, high = _SCALES.get(history[0].metric, (0.0, 10.0))
-        last_score = min(1.0, max(0.0, (history[0].score - low) / (high - low)))
-    x += [
-        float(len(history)),
-        float(detractors[0]) if history else 0.0,
-        last_score,
-        sum(detractors) / len(history) if history else 0.0,
-    ]
+        detractors = sum(is_detractor(_DETRACTOR, a.metric, a.score) for a in history)
+        latest = history[0]
+        low, high = _SCALES.get(latest.metric, (0.0, 10.0))
+        x += [
+            float(len(history)),
+            float(is_detractor(_DETRACTOR, latest.metric, latest.score)),
+            min(1.0, max(0.0, (latest.score - low) / (high - low))),
+            detractors / len(history),
+        ]
+    else:
+        x += [0.0, 0.0, 0.0, 0.0]
     x += [float(j.stage == s) for s in STAGES]
     return x
 
