@@ -102,6 +102,9 @@ class Behaviour:
     ref: int = 0
     values: list[float] = field(default_factory=list)
     last_contact_at: int = 0
+    #: per case: ``[ref, repeats, switches]``, the case's decayed repeat and switch flags
+    #: held at its latest contact (they change with the rest of the case)
+    cases: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

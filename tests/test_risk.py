@@ -34,6 +34,7 @@ from streams.domain.risk import (
     decayed,
     default_model,
     features,
+    note_case,
 )
 from streams.operate.model import Example, auc, calibration, evaluate, fit, top_decile_lift
 from tests.test_resolve import event_row
@@ -73,6 +74,8 @@ def _fold(contacts: list[Contact], owner: str = "c_1") -> tuple[Behaviour, CaseB
         mine = Contact(c.event_id, c.at, c.channel, owner, c.case_id, c.stage, {},
                        c.transferred, c.escalated, c.unresolved, c.wait_s)  # fmt: skip
         add_contacts(behaviour, book.apply(owner, mine), mine.event_id)
+        assert mine.case_id is not None
+        note_case(behaviour, mine.case_id, book.contacts(owner, mine.case_id))
     return behaviour, book
 
 
@@ -131,14 +134,16 @@ def test_two_customers_combined_on_a_merge_have_the_summary_of_one(
     for case_id in ("k1", "k2"):
         incoming = source_cases.contacts("c_a", case_id)
         if incoming:
-            add_contacts(survivor, survivor_cases.absorb("c_s", case_id, list(incoming)))
+            survivor_cases.absorb("c_s", case_id, list(incoming))
+            note_case(survivor, case_id, survivor_cases.contacts("c_s", case_id))
     one, _ = _fold(contacts, "c_s")
     assert _close(survivor, one, T0 + 30 * 24 * HOUR)
 
 
 def test_a_summary_decays_by_half_every_week() -> None:
     b = Behaviour()
-    add_contacts(b, [(_contacts([(0, "k1", "chat", True, False, 600.0)])[0], -1)])
+    (c,) = _contacts([(0, "k1", "chat", True, False, 600.0)])
+    add_contacts(b, [(c, -1)], c.event_id)
     week_later = decayed(b, T0 + 7 * 24 * HOUR)
     assert week_later[SIGNALS.index("contacts")] == pytest.approx(0.5)
     assert week_later[SIGNALS.index("transfers")] == pytest.approx(0.5)

@@ -50,7 +50,14 @@ from sinks.rows import customer_row, deleted_customer_row
 from streams.domain.effort import CaseBook, Contact, EffortRules, is_contact
 from streams.domain.journey import JourneyRules, TouchFacts, apply, combine
 from streams.domain.resolve import FLAG_LATE, partition_of
-from streams.domain.risk import AtRisk, RiskRules, add_contacts, combine_behaviour, rescore
+from streams.domain.risk import (
+    AtRisk,
+    RiskRules,
+    add_contacts,
+    combine_behaviour,
+    note_case,
+    rescore,
+)
 from streams.domain.scores import Answer, Key, Tally, bucket_of, segments_of, tally_answers
 
 __all__ = [
@@ -364,6 +371,12 @@ def process_records(
                     applied_contacts = cases.apply(customer.customer_id, contact)
                     if applied:
                         add_contacts(customer.behaviour, applied_contacts, contact.event_id)
+                    if contact.case_id is not None:
+                        note_case(
+                            customer.behaviour,
+                            contact.case_id,
+                            cases.contacts(customer.customer_id, contact.case_id),
+                        )
                     for changed, before in applied_contacts:
                         effort_rows[changed.event_id] = _effort_row(changed, version)
                         touched.append((customer.customer_id, changed))
@@ -493,7 +506,7 @@ def _receive(
             continue
         _keep_case(survivor_customer, case_id, cases, rules)
         recomputed = cases.absorb(into, case_id, contacts)
-        add_contacts(survivor_customer.behaviour, recomputed)
+        note_case(survivor_customer.behaviour, case_id, cases.contacts(into, case_id))
         changed += [(into, c, before) for c, before in recomputed]
     out.combined += 1
     if rules.risk is not None:

@@ -9,8 +9,10 @@ repeat, switch, transfer, escalation and unresolved flags and waiting minutes (a
 60), each weighted ``2 ** -(age / HALF_LIFE)`` (a week's half-life). The values are held
 at a reference time (the latest contribution); adding a contribution or combining two
 customers on a merge is a sum, so it gives the same values in any order (to the last
-bits of a float). A contact whose repeat or switch flag changes later (a late contact
-became its predecessor, or a merge combined its case) adds the change.
+bits of a float). Repeat and switch flags depend on the rest of the case (a late
+contact changes its successor's, a merge combines cases), so they are summed per case
+and recomputed from the case's contacts whenever it changes: idempotent, so a replay
+over a state persisted in part gives the same values too.
 
 **Features** (:data:`FEATURES`, computed by :func:`features` from the customer's state
 at event time ``t``, the customer's last seen event time in the stream):
@@ -74,7 +76,9 @@ __all__ = [
     "default_model",
     "features",
     "load_model",
+    "note_case",
     "rescore",
+    "signals_of",
 ]
 
 DAY_MS = 86_400_000
@@ -167,34 +171,43 @@ def signals_of(c: Contact) -> tuple[float, ...]:
     )
 
 
-#: A contact's change of points -> the change of its (repeat, switch) flags: only these
-#: two flags of a contact held in a case ever change, and their weights tell them apart.
-_FLAG_CHANGES: dict[int, tuple[int, int]] = {
-    WEIGHTS["repeat"] * r + WEIGHTS["switch"] * s: (r, s) for r in (-1, 0, 1) for s in (-1, 0, 1)
-}
-assert len(_FLAG_CHANGES) == 9, "repeat and switch weights must tell their changes apart"
+_REPEAT, _SWITCH = SIGNALS.index("repeats"), SIGNALS.index("switches")
 
 
-def add_contacts(
-    b: Behaviour, changed: Iterable[tuple[Contact, int]], new_event_id: str | None = None
-) -> None:
-    """Add what :meth:`CaseBook.apply` or :meth:`CaseBook.absorb` returned: the contact
-    of the event ``new_event_id`` (just applied to the customer) in full; every other
-    contact, whose repeat or switch flag may have changed, by the change of its flags
-    (from its points before)."""
-    for c, before in changed:
-        if c.event_id == new_event_id or before < 0:
-            _add(b, c.at, signals_of(c))
+def add_contacts(b: Behaviour, changed: Iterable[tuple[Contact, int]], event_id: str) -> None:
+    """Add the contact of the event ``event_id``, just applied to the customer, from
+    what :meth:`CaseBook.apply` returned: its own signals but repeat and switch, which
+    depend on the rest of its case and are kept per case (:func:`note_case`)."""
+    for c, _before in changed:
+        if c.event_id == event_id:
+            signals = list(signals_of(c))
+            signals[_REPEAT] = signals[_SWITCH] = 0.0
+            _add(b, c.at, signals)
             b.last_contact_at = max(b.last_contact_at, c.at)
-            continue
-        repeat, switch = _FLAG_CHANGES[c.points - before]
-        if repeat or switch:
-            _add(b, c.at, (0.0, float(repeat), float(switch), 0.0, 0.0, 0.0, 0.0))
+
+
+def note_case(b: Behaviour, case_id: str, contacts: Sequence[Contact]) -> None:
+    """Recompute the case's decayed repeat and switch sums from its contacts as the case
+    flags them now (``[ref, repeats, switches]``, held at the case's latest contact).
+    Idempotent: a replay over a state persisted in part, a late contact that changed
+    its successor's flags and a merge that combined the case all end up right."""
+    if not contacts:
+        b.cases.pop(case_id, None)
+        return
+    ref = max(c.at for c in contacts)
+    repeats = switches = 0.0
+    for c in contacts:
+        if c.repeat or c.switch:
+            w = _weight(ref - c.at)
+            repeats += w * c.repeat
+            switches += w * c.switch
+    b.cases[case_id] = [float(ref), repeats, switches]
 
 
 def combine_behaviour(into: Behaviour, other: Behaviour) -> None:
     """Fold ``other`` into ``into`` (in place), as if one customer had made both's
-    contacts."""
+    contacts; the cases both hold are recomputed by the caller (:func:`note_case`)
+    once their contacts are combined."""
     if len(other.values) == len(SIGNALS):
         if len(into.values) != len(SIGNALS):
             into.values = [0.0] * len(SIGNALS)
@@ -205,15 +218,22 @@ def combine_behaviour(into: Behaviour, other: Behaviour) -> None:
         ]
         into.ref = ref
     into.last_contact_at = max(into.last_contact_at, other.last_contact_at)
+    for case_id, entry in other.cases.items():
+        into.cases.setdefault(case_id, list(entry))
 
 
 def decayed(b: Behaviour, t: int) -> list[float]:
     """The summary's values at event time ``t`` (a contribution after ``t`` counts at its
     full weight: ``t`` is at least the latest event's time in practice)."""
-    if len(b.values) != len(SIGNALS):
-        return [0.0] * len(SIGNALS)
-    factor = _weight(max(0, t - b.ref))
-    return [max(0.0, v * factor) for v in b.values]
+    values = [0.0] * len(SIGNALS)
+    if len(b.values) == len(SIGNALS):
+        factor = _weight(max(0, t - b.ref))
+        values = [v * factor for v in b.values]
+    for ref, repeats, switches in b.cases.values():
+        factor = _weight(max(0, t - int(ref)))
+        values[_REPEAT] += repeats * factor
+        values[_SWITCH] += switches * factor
+    return [max(0.0, v) for v in values]
 
 
 # -- features ------------------------------------------------------------------------------
