@@ -43,6 +43,7 @@ __all__ = [
     "DetractorRule",
     "EffortSpikeRule",
     "Endpoint",
+    "FollowupOverdueRule",
     "ScoreDropRule",
     "decode_secret",
     "parse_duration",
@@ -55,6 +56,7 @@ AlertType = Literal[
     "customer.detractor",
     "customer.effort_spike",
     "customer.at_risk",
+    "customer.followup_overdue",
 ]
 ALERT_TYPES: tuple[AlertType, ...] = get_args(AlertType)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -157,6 +159,16 @@ class AtRiskRule(_Rule):
         return self
 
 
+class FollowupOverdueRule(_Rule):
+    """Closed-loop follow-up: every detractor answer (as ``detractor`` defines it) opens
+    a follow-up due ``due`` later (event time); ``customer.followup_overdue`` fires once
+    when the due time passes with no outbound contact and no resolution of its case.
+    ``enabled`` switches the alert only: the ``followups`` table is always kept."""
+
+    enabled: bool = True
+    due: Duration = 48 * 3600.0
+
+
 class Endpoint(_Rule):
     """A webhook endpoint: where, which alerts, how hard to try."""
 
@@ -209,6 +221,7 @@ class AlertRules(_Rule):
     detractor: DetractorRule = DetractorRule()
     effort_spike: EffortSpikeRule = EffortSpikeRule()
     at_risk: AtRiskRule = AtRiskRule()
+    followup_overdue: FollowupOverdueRule = FollowupOverdueRule()
     endpoints: tuple[Endpoint, ...] = ()
     #: largest response body read from an endpoint (the rest is ignored)
     max_response_bytes: int = Field(default=65536, ge=1024)

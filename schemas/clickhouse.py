@@ -33,6 +33,7 @@ __all__ = [
     "ERASURE_COLUMNS",
     "EVENT_COLUMN",
     "EVENT_COLUMNS",
+    "FOLLOWUP_COLUMNS",
     "INTERACTION_COLUMNS",
     "LEDGER_COLUMNS",
     "MERGE_COLUMNS",
@@ -221,6 +222,28 @@ EFFORT_COLUMNS: tuple[str, ...] = (
     "version",
 )
 
+#: Insert column order of ``followups_store``: one row per follow-up, the newest wins.
+FOLLOWUP_COLUMNS: tuple[str, ...] = (
+    "followup_id",
+    "customer_id",
+    "opened_at",
+    "due_at",
+    "channel",
+    "metric",
+    "score",
+    "answers",
+    "case_ids",
+    "closed_how",
+    "closed_at",
+    "closed_event_id",
+    "closed_channel",
+    "closed_queue",
+    "closed_agent",
+    "overdue",
+    "updated_at",
+    "version",
+)
+
 #: Insert column order of ``alerts_store``: one row per alert (a replay writes it again).
 ALERT_COLUMNS: tuple[str, ...] = (
     "alert_id",
@@ -284,6 +307,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "erasures_store": ERASURE_COLUMNS,
     "scores_store": SCORE_COLUMNS,
     "effort_store": EFFORT_COLUMNS,
+    "followups_store": FOLLOWUP_COLUMNS,
     "alerts_store": ALERT_COLUMNS,
     "alert_deliveries_store": ALERT_DELIVERY_COLUMNS,
 }

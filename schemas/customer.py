@@ -16,6 +16,9 @@ __all__ = [
     "Answer",
     "Behaviour",
     "Customer",
+    "Fact",
+    "FollowUp",
+    "FollowupState",
     "Journey",
     "Merge",
     "OpenCase",
@@ -90,6 +93,56 @@ class Journey:
     answer_history: list[PastAnswer] = field(default_factory=list)
 
 
+#: A follow-up fact, as stored: [at, event_id, kind, channel, case_id, queue, agent_id,
+#: metric, score] (see ``streams.domain.followup``).
+Fact = list[Any]
+
+
+@dataclass(slots=True)
+class FollowUp:
+    """One follow-up: opened by the detractor answer ``id``, with what closed it."""
+
+    id: str
+    opened_at: int
+    due_at: int
+    channel: str
+    metric: str
+    score: float
+    #: detractor answers it covers (the opening one and those that extended it)
+    answers: int = 1
+    #: the cases its answers were about (the resolution of any closes it)
+    cases: list[str] = field(default_factory=list)
+    #: ``customer.followup_overdue`` fired for it
+    overdue: bool = False
+    #: "" open, "contact", "resolution", or "merged" (went into another on a merge)
+    how: str = ""
+    closed_at: int | None = None
+    closed_event_id: str | None = None
+    closed_channel: str | None = None
+    closed_queue: str | None = None
+    closed_agent: str | None = None
+    #: hand-overs it went through: rows written after one rank above any written before
+    gen: int = 0
+
+    @property
+    def open(self) -> bool:
+        return not self.how
+
+
+@dataclass(slots=True)
+class FollowupState:
+    """A customer's follow-up state: facts not folded yet (event-time order), the open
+    follow-up, and the event time up to which facts were folded."""
+
+    pending: list[Fact] = field(default_factory=list)
+    open: FollowUp | None = None
+    folded_to: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and self.open is None
+
+
 @dataclass(slots=True)
 class Behaviour:
     """Exponentially time-decayed sums of the customer's assisted-contact signals
@@ -134,6 +187,7 @@ class Customer:
     hand-over delivered twice is combined once. ``cases`` lists the ids of its cases
     that have contacts stored (oldest first). ``behaviour`` and ``risk`` feed and hold
     the detractor score (values stored before they existed load without them).
+    ``followup`` is its closed-loop follow-up state.
     """
 
     customer_id: str
@@ -147,6 +201,8 @@ class Customer:
     behaviour: Behaviour = field(default_factory=Behaviour)
     #: the latest detractor risk (None until scored)
     risk: Risk | None = None
+    #: closed-loop follow-up of its detractor answers (None: never had one)
+    followup: FollowupState | None = None
 
     def count(self, kind: str) -> int:
         return len(self.identifiers.get(kind, ()))
@@ -221,4 +277,16 @@ def customer_from_json(data: bytes | str) -> Customer:
         cases=raw.get("cases") or [],
         behaviour=Behaviour(**raw["behaviour"]) if raw.get("behaviour") else Behaviour(),
         risk=Risk(**raw["risk"]) if raw.get("risk") else None,
+        followup=_followup_from_json(raw.get("followup")),
+    )
+
+
+def _followup_from_json(value: dict[str, Any] | None) -> FollowupState | None:
+    if value is None:
+        return None
+    opened = value.get("open")
+    return FollowupState(
+        [list(f) for f in value.get("pending", ())],
+        None if opened is None else FollowUp(**opened),
+        value.get("folded_to", 0),
     )

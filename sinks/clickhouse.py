@@ -187,6 +187,7 @@ class ClickHouseSink:
             "identity_merges_store": f"merged_from IN {owned} OR merged_into IN {owned}",
             "identity_refusals_store": (f"customer_id IN {owned} OR other_customer_id IN {owned}"),
             "effort_store": f"customer_id IN {owned}",
+            "followups_store": f"customer_id IN {owned}",
             "alerts_store": f"customer_id IN {owned}",
         }
         statements = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -152,8 +153,31 @@ def test_generation_is_deterministic_and_kinds_add_up(
     first = list(generate(config))
     assert first == list(generate(config))
     kinds = Counter(m.kind.split(":")[0] for m in first)
-    assert sum(kinds.values()) == events
+    call_backs = sum(1 for m in first if m.kind == "valid" and b'"event_id":"fu-' in m.value)
+    assert sum(kinds.values()) == events + call_backs
     assert set(kinds) <= {"valid", "bad", "duplicate"}
+
+
+def test_detractors_hear_back_promptly_late_or_never_and_it_shows_in_their_next_answer() -> None:
+    config = GeneratorConfig(seed=11, events=30_000, customers=1500)
+    documents = [orjson.loads(m.value) for m in generate(config) if m.kind == "valid"]
+    without = [orjson.loads(m.value) for m in generate(replace(config, followups=False))]
+    calls = [d for d in documents if d["event_id"].startswith("fu-")]
+    assert len(calls) > 100 and not any(d["event_id"].startswith("fu-") for d in without)
+    assert all(d["interaction"]["direction"] == "outbound" for d in calls)
+    # the other events are the same ones (answers aside, which the follow-ups move)
+    rest = [d["event_id"] for d in documents if not d["event_id"].startswith("fu-")]
+    assert rest == [d["event_id"] for d in without]
+    # a follow-up moves the customer's next answer: up after a call back (prompt: two
+    # NPS points, late: less), down when nobody called
+    score = {d["event_id"]: d["survey"]["score"] for d in without if "survey" in d}
+    moved = [
+        d["survey"]["score"] - score[d["event_id"]]
+        for d in documents
+        if "survey" in d and d["survey"]["score"] != score[d["event_id"]]
+    ]
+    up, down = sum(m > 0 for m in moved), sum(m < 0 for m in moved)
+    assert len(moved) >= 50 and up > 2 * down > 0, (up, down)
 
 
 def test_the_demo_incident_is_the_one_significant_drop_whenever_the_stream_looks() -> None:

@@ -7,6 +7,8 @@ fires the same ids again and the delivery ledger sends each one once:
 * ``customer.effort_spike``: the customer and the case (one alert per case);
 * ``customer.at_risk``: the customer and the event (or hand-over) whose score crossed
   the threshold (one alert per crossing: ``streams.domain.risk``);
+* ``customer.followup_overdue``: the follow-up, named by the detractor answer that
+  opened it (``streams.domain.followup``);
 * ``score.dropped``: the segment, the metric and the event-time minute it fired at;
   ``score.recovered``: the drop it ends.
 
@@ -34,7 +36,7 @@ import orjson
 
 from schemas.alert_rules import AtRiskRule, DetractorRule, EffortSpikeRule, ScoreDropRule
 from schemas.alerts import Alert, alert_id, iso
-from schemas.customer import Customer
+from schemas.customer import Customer, FollowUp
 from streams.domain.effort import Contact
 from streams.domain.scores import Z95, Answer, Rolling, ScoreValue, Tally, value_of
 
@@ -45,6 +47,7 @@ __all__ = [
     "compare",
     "detractor_alert",
     "effort_spike_alert",
+    "followup_overdue_alert",
     "is_detractor",
     "looks",
 ]
@@ -451,6 +454,32 @@ def at_risk_alert(
         customer_id,
         wall_ms,
         segments,
+        data,
+        customer_id,
+    )
+
+
+def followup_overdue_alert(customer_id: str, followup: FollowUp, wall_ms: int) -> Alert:
+    """``customer.followup_overdue``: the follow-up opened by a detractor answer is past
+    its due time (event time) with no outbound contact and no resolution of its case."""
+    data = {
+        "customer_id": customer_id,
+        "followup_id": followup.id,
+        "answer_event_id": followup.id,
+        "metric": followup.metric,
+        "score": float(followup.score),
+        "channel": followup.channel,
+        "opened_at": iso(followup.opened_at),
+        "due_at": iso(followup.due_at),
+        "answers": followup.answers,
+        "case_ids": list(followup.cases),
+    }
+    return Alert(
+        alert_id("customer.followup_overdue", followup.id),
+        "customer.followup_overdue",
+        customer_id,
+        wall_ms,
+        (f"channel:{followup.channel}",),
         data,
         customer_id,
     )

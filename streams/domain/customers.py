@@ -39,15 +39,23 @@ signals, effort rows, score tallies) is the same as one process gives.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from schemas.clickhouse import EVENT_COLUMN, INTERACTION_COLUMNS
-from schemas.customer import Customer, customer_from_json, customer_to_json
+from schemas.customer import (
+    Customer,
+    FollowUp,
+    FollowupState,
+    customer_from_json,
+    customer_to_json,
+)
 from sinks.rows import customer_row, deleted_customer_row
+from streams.domain import followup
 from streams.domain.effort import CaseBook, Contact, EffortRules, is_contact
+from streams.domain.followup import FollowupIndex, FollowupRules
 from streams.domain.journey import JourneyRules, TouchFacts, apply, combine
 from streams.domain.resolve import FLAG_LATE, partition_of
 from streams.domain.risk import (
@@ -85,6 +93,11 @@ _WAIT, _TRANSFERRED, _ESCALATED = (
     _COLUMN["transferred"],
     _COLUMN["escalated"],
 )
+_DIRECTION, _QUEUE, _AGENT = (
+    _COLUMN["interaction_direction"],
+    _COLUMN["interaction_queue"],
+    _COLUMN["interaction_agent_id"],
+)
 #: A hand-over follows at most this many merges on (a chain longer than any real one).
 MAX_HOPS = 64
 
@@ -110,6 +123,7 @@ class PartitionRules:
     max_cases: int = 100
     #: the detractor model and at-risk threshold (None: customers are not scored)
     risk: RiskRules | None = None
+    followup: FollowupRules = field(default_factory=FollowupRules)
 
 
 def touch_of(row: Sequence[Any]) -> TouchFacts:
@@ -258,6 +272,9 @@ class PartitionOutput:
     at_risk: list[AtRisk] = field(default_factory=list)
     #: erasure requests applied (the caller deletes the customers' rows)
     erasures: list[dict[str, Any]] = field(default_factory=list)
+    #: follow-ups whose due time passed with them open: (customer, the follow-up as it
+    #: was then), for the ``customer.followup_overdue`` alerts
+    overdue: list[tuple[str, FollowUp]] = field(default_factory=list)
     #: the resolver's progress (event time complete up to), as of the last record
     complete_to: int | None = None
     applied: int = 0
@@ -278,6 +295,7 @@ def process_records(
     version: int,
     now_ms: int,
     compact: Callable[[CustomerBook, int], int] | None = None,
+    followups: FollowupIndex | None = None,
 ) -> tuple[PartitionOutput, int]:
     """Apply consecutive records ``(offset, [complete_to, items])`` of one customers
     partition; return the output and the new high-water mark.
@@ -285,9 +303,13 @@ def process_records(
     ``version`` is the version of every row written (``customer_360``, ``effort``); it
     must be above any earlier batch's of this partition and any hand-over's (the caller
     takes :func:`batch_version`). ``compact`` compacts a slice of idle customers when a
-    compaction request (``["c"]``) comes along.
+    compaction request (``["c"]``) comes along. ``followups`` is the partition's index
+    of customers with follow-up work (:mod:`streams.domain.followup`): the facts of a
+    record's events are taken first, then the record's progress folds them.
     """
     out = PartitionOutput()
+    index = FollowupIndex() if followups is None else followups
+    loop = _Loop(index, rules.followup)
     score = rules.scores
     events: list[list[Any]] = []
     scores: list[tuple[Any, ...]] = []
@@ -308,7 +330,8 @@ def process_records(
                 continue
             if kind == "h":
                 handover = Handover.from_item(item)
-                for owner, changed, before in _receive(handover, book, cases, rules, out):
+                received = _receive(handover, book, cases, rules, out, loop)
+                for owner, changed, before in received:
                     effort_rows[changed.event_id] = _effort_row(changed, version)
                     touched.append((owner, changed))
                     _add_effort(effort_view, changed, before, score)
@@ -337,6 +360,7 @@ def process_records(
                     customer.seq = seq
                     out.applied += 1
                     events.append(row)
+                    loop.take(customer, row)
                 else:
                     out.replayed += 1
                 stage = row[_STAGE] if customer is None else customer.journey.stage
@@ -394,6 +418,7 @@ def process_records(
             elif kind == "m":
                 if not book.left_after(item[2], seq - 1):
                     _hand_over(item[2], item[3], seq, book, cases, rules, out, version)
+                    index.set(item[2], None)
                 else:  # handed over already (its state persisted in part): the cases go
                     marker = book.gone(item[2])
                     assert marker is not None
@@ -401,6 +426,9 @@ def process_records(
                         cases.take(item[2], case_id)
             elif kind == "x":
                 _erase(item[2], seq, book, cases, out)
+                index.set(item[2]["customer_id"], None)
+        if complete_to is not None:
+            loop.progress(complete_to, book, out)
         tallies = tally_answers(on_time, score.bucket_ms)
         tallies.update(effort_view)
         if tallies:
@@ -426,6 +454,9 @@ def process_records(
         "customer_360_store": customers,
         "scores_store": scores,
         "effort_store": list(effort_rows.values()),
+        "followups_store": [
+            followup_row(owner, f, version, now_ms) for owner, f in loop.changed.values()
+        ],
     }
     return out, hwm
 
@@ -470,6 +501,7 @@ def _receive(
     cases: CaseBook,
     rules: PartitionRules,
     out: PartitionOutput,
+    loop: _Loop,
 ) -> list[tuple[str, Contact, int]]:
     """Combine a handed-over customer into its survivor, or pass it on; return the
     contacts whose signals changed (with their customer now and points before)."""
@@ -498,6 +530,7 @@ def _receive(
     combine(survivor_customer.journey, source.journey, rules.journey)
     combine_behaviour(survivor_customer.behaviour, source.behaviour)
     survivor_customer.merged_in[handover.source] = handover.seq
+    loop.combine(survivor_customer, source.followup)
     for absorbed, seq in source.merged_in.items():
         survivor_customer.merged_in.setdefault(absorbed, seq)
     changed = []
@@ -558,6 +591,103 @@ def _keep_case(customer: Customer, case_id: str, cases: CaseBook, rules: Partiti
     held.append(case_id)
     while len(held) > rules.max_cases:
         cases.take(customer.customer_id, held.pop(0))
+
+
+# -- follow-ups --------------------------------------------------------------------------
+
+
+class _Loop:
+    """A batch's follow-up work: facts taken, progress folded, rows and alerts noted."""
+
+    def __init__(self, index: FollowupIndex, rules: FollowupRules) -> None:
+        self.index = index
+        self.rules = rules
+        #: follow-up id -> (customer holding it, the follow-up): rows to write
+        self.changed: dict[str, tuple[str, FollowUp]] = {}
+
+    def take(self, customer: Customer, row: Sequence[Any]) -> None:
+        """The follow-up fact of an event applied to ``customer``, if it is one."""
+        fact = followup.fact(
+            row[_EVENT_ID],
+            row[_OCCURRED_AT],
+            row[_CHANNEL],
+            row[_TYPE],
+            row[_CASE],
+            row[_DIRECTION],
+            row[_QUEUE],
+            row[_AGENT],
+            row[_RESOLVED],
+            row[_METRIC],
+            row[_SCORE],
+            self.rules,
+        )
+        if fact is None:
+            return
+        state = customer.followup
+        if state is None:
+            state = customer.followup = FollowupState(folded_to=self.index.until)
+        self._note(customer, followup.add_fact(state, fact, self.index.until, self.rules), None)
+
+    def progress(self, until: int, book: CustomerBook, out: PartitionOutput) -> None:
+        """The resolver's progress reached ``until``: fold every customer it passes."""
+        index = self.index
+        if until <= index.until:
+            return
+        index.until = until
+        for customer_id in index.due(until):
+            customer = book.customer(customer_id)
+            if customer is None or customer.followup is None:
+                continue
+            book.dirty[customer_id] = None
+            self._note(customer, followup.fold(customer.followup, until, self.rules), out)
+
+    def combine(self, survivor: Customer, incoming: FollowupState | None) -> None:
+        """A merged customer's follow-up state joins the survivor's."""
+        if incoming is None:
+            return
+        if incoming.open is not None:
+            incoming.open.gen += 1  # rows written from here outrank the former partition's
+        state = survivor.followup
+        if state is None:
+            state = survivor.followup = FollowupState(folded_to=self.index.until)
+        self._note(survivor, followup.combine(state, incoming), None)
+
+    def _note(
+        self, customer: Customer, outcome: followup.Outcome, out: PartitionOutput | None
+    ) -> None:
+        customer_id = customer.customer_id
+        for f in outcome.changed.values():
+            self.changed[f.id] = (customer_id, f)
+        if out is not None:
+            out.overdue += [(customer_id, replace(f)) for f in outcome.overdue]
+        state = customer.followup
+        assert state is not None
+        self.index.set(customer_id, followup.next_at(state))
+
+
+def followup_row(customer_id: str, f: FollowUp, version: int, now_ms: int) -> tuple[Any, ...]:
+    """The ``followups_store`` row of a follow-up (``FOLLOWUP_COLUMNS`` order); its version
+    is the follow-up's generation above the batch's (see :func:`_effort_row`)."""
+    return (
+        f.id,
+        customer_id,
+        f.opened_at,
+        f.due_at,
+        f.channel,
+        f.metric,
+        f.score,
+        f.answers,
+        f.cases,
+        f.how,
+        f.closed_at,
+        f.closed_event_id,
+        f.closed_channel,
+        f.closed_queue,
+        f.closed_agent,
+        int(f.overdue),
+        now_ms,
+        (f.gen << GEN_SHIFT) | version,
+    )
 
 
 # -- rows --------------------------------------------------------------------------------
@@ -656,12 +786,23 @@ def _touched_cases(
 
 
 def state_writes(
-    book: CustomerBook, cases: CaseBook, mark_key: str, hwm: int, version: int
+    book: CustomerBook,
+    cases: CaseBook,
+    mark_key: str,
+    hwm: int,
+    version: int,
+    followups: FollowupIndex | None = None,
+    index_prefix: str = "f/",
 ) -> list[tuple[str, bytes | None]]:
     """The batch's state writes (None deletes), in an order that keeps every prefix
-    replayable: cases written ``k/<id>/<case_id>``, gone markers ``g/<id>``, customers
-    ``c/<id>`` (live and removed), cases removed, then ``mark_key`` with the high-water
-    mark and row version.
+    replayable: cases written ``k/<id>/<case_id>``, gone markers ``g/<id>``, follow-up
+    index entries set (``<index_prefix><id>``), customers ``c/<id>`` (live and removed),
+    cases removed, index entries removed, then ``mark_key`` with the high-water mark, row
+    version and (with ``followups``) the progress folded.
+
+    An index entry is set before its customer and removed after it: a prefix may leave
+    an entry whose customer needs no fold (harmless: the fold finds nothing to do),
+    never a customer waiting for a fold with no entry.
 
     A crash may persist a prefix only (a batch's writes can take several changelog
     record batches); its records are then applied again over that prefix. Applying a
@@ -682,6 +823,9 @@ def state_writes(
     for customer_id in book.dirty_gone:
         marker = book.gone_markers[customer_id]
         state.append((f"g/{customer_id}", None if marker is None else orjson.dumps(marker)))
+    due = {} if followups is None else followups.dirty
+    at = {} if followups is None else followups.at
+    state += [(f"{index_prefix}{c}", orjson.dumps(at[c])) for c in due if c in at]
     for customer_id in book.dirty:
         customer = book.customers[customer_id]
         state.append((f"c/{customer_id}", None if customer is None else customer_to_json(customer)))
@@ -690,5 +834,9 @@ def state_writes(
         for (customer_id, case_id), contacts in changed.items()
         if not contacts
     ]
-    state.append((mark_key, orjson.dumps([hwm, version])))
+    state += [(f"{index_prefix}{c}", None) for c in due if c not in at]
+    mark = [hwm, version] if followups is None else [hwm, version, followups.until]
+    state.append((mark_key, orjson.dumps(mark)))
+    if followups is not None:
+        followups.clear()
     return state

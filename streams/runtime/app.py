@@ -24,6 +24,7 @@ from sinks.webhooks import Deliverer
 from streams.domain.customers import PartitionRules, ScoreRules
 from streams.domain.dedup import DuplicateWindow
 from streams.domain.effort import EffortRules
+from streams.domain.followup import FollowupRules
 from streams.domain.identifiers import IdentifierPolicy
 from streams.domain.identity import IdentityRules
 from streams.domain.ingest import IngestRules
@@ -158,6 +159,11 @@ def partition_rules(settings: Settings) -> PartitionRules:
         ),
         scores=ScoreRules(settings.score_bucket_s * 1000, tuple(settings.score_segments)),
         partitions=settings.customers_partitions,
+        followup=FollowupRules(
+            due_ms=int(settings.alerts.followup_overdue.due * 1000),
+            metrics=frozenset(settings.alerts.detractor.metrics),
+            bottom_box=settings.alerts.detractor.bottom_box,
+        ),
         risk=risk_rules(settings),
     )
 

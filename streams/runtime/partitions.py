@@ -3,8 +3,11 @@
 The customers table is co-partitioned with the customers topic. Keys of partition
 ``p``: ``c/<customer_id>`` (:class:`~schemas.customer.Customer`), ``k/<customer_id>/
 <case_id>`` (the case's contacts), ``g/<customer_id>`` (gone: merged into whom, or
-erased, at which sequence number) and ``p/<p>`` (the partition's high-water mark of
-resolver items and the version of its last rows).
+erased, at which sequence number), ``f/<p>/<customer_id>`` (the event time at which the
+customer's follow-up needs the resolver's progress folded in, see
+:class:`~streams.domain.followup.FollowupIndex`) and ``p/<p>`` (the partition's
+high-water mark of resolver items, the version of its last rows and the progress
+folded).
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ import orjson
 from schemas.alert_rules import AlertRules
 from schemas.alerts import Alert
 from schemas.customer import Customer, customer_from_json
-from streams.domain.alerts import at_risk_alert, detractor_alert, effort_spike_alert
+from streams.domain.alerts import (
+    at_risk_alert,
+    detractor_alert,
+    effort_spike_alert,
+    followup_overdue_alert,
+)
 from streams.domain.customers import (
     CustomerBook,
     Gone,
@@ -29,6 +37,7 @@ from streams.domain.customers import (
     state_writes,
 )
 from streams.domain.effort import CaseBook
+from streams.domain.followup import FollowupIndex
 from streams.domain.journey import compact
 from streams.runtime.owners import Owner
 
@@ -65,6 +74,8 @@ class CustomerPartition(Owner):
         self.alert_rules = alert_rules
         self.idle_s = idle_s
         self.key = f"p/{self.partition}"
+        self.index_prefix = f"f/{self.partition}/"
+        self.followups = FollowupIndex()
         self.hwm: int | None = None
         self.version = 0
         #: customer alerts sent recently (insertion order; the oldest are forgotten)
@@ -74,7 +85,15 @@ class CustomerPartition(Owner):
     def _load(self) -> int:
         if self.hwm is None:
             value = self.store.get(self.key)
-            self.hwm, self.version = orjson.loads(value) if value else (-1, 0)
+            mark = orjson.loads(value) if value else [-1, 0]
+            self.hwm, self.version = mark[0], mark[1]
+            prefix = self.index_prefix
+            entries = []
+            for key in self.store.keys(prefix):
+                at = self.store.get(key)
+                if at is not None:
+                    entries.append((key[len(prefix) :], orjson.loads(at)))
+            self.followups = FollowupIndex(entries, mark[2] if len(mark) > 2 else 0)
         return self.hwm
 
     def process(self, records: Sequence[tuple[int, Any]], now_ms: int) -> Processed:
@@ -100,18 +119,26 @@ class CustomerPartition(Owner):
         cases = CaseBook(self.rules.effort, read_case)
         version = batch_version(records, self.version, now_ms)
         out, hwm = process_records(
-            records, book, cases, self.rules, hwm, version, now_ms, compact=self._compact_slice
+            records,
+            book,
+            cases,
+            self.rules,
+            hwm,
+            version,
+            now_ms,
+            compact=self._compact_slice,
+            followups=self.followups,
         )
         self.hwm, self.version = hwm, version
         # in the order that keeps every prefix of the writes replayable
-        state = state_writes(book, cases, self.key, hwm, version)
+        state = state_writes(book, cases, self.key, hwm, version, self.followups, self.index_prefix)
         return Processed(out, self._alerts(out, book, cases, now_ms), state)
 
     def _alerts(
         self, out: PartitionOutput, book: CustomerBook, cases: CaseBook, now_ms: int
     ) -> list[Alert]:
-        """Detractor answers, cases whose effort crossed the threshold, and customers
-        whose detractor risk crossed the at-risk threshold."""
+        """Detractor answers, cases whose effort crossed the threshold, follow-ups due,
+        and customers whose detractor risk crossed the at-risk threshold."""
         rules = self.alert_rules
         fired: list[Alert] = []
         if rules.detractor.enabled:
@@ -154,6 +181,8 @@ class CustomerPartition(Owner):
                         now_ms,
                     )
                 )
+        if rules.followup_overdue.enabled:
+            fired += [followup_overdue_alert(c, f, now_ms) for c, f in out.overdue]
         sent = self.alerts_sent
         fresh = [a for a in fired if a.id not in sent]
         for alert in fresh:

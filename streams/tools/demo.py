@@ -402,6 +402,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_identity_report(client))
         print(_scores_report(client))
         print(_alerts_report(client))
+        print(_followup_report(client))
         print(_risk_report(client, defaults))
         from streams.operate.report import write_report_file
 
@@ -452,6 +453,55 @@ def _demo_report(
         f"  curl '{clickhouse_url}/?query=SELECT+channel,count()+FROM+touchpoints.events"
         "+GROUP+BY+channel'",
         f"  metrics: http://127.0.0.1:{web_port}/metrics",
+    ]
+    return "\n".join(lines)
+
+
+def _followup_report(client: Any) -> str:
+    """Closed-loop follow-up: how many detractors heard back, how fast, and what their
+    next answer was."""
+    total = client.query(
+        "SELECT sum(due), sum(in_time), sum(late), sum(never), sum(pending), "
+        "round(sum(in_time + late) / nullIf(sum(due), 0), 3), "
+        "round(sum(in_time) / nullIf(sum(due), 0), 3) "
+        "FROM touchpoints.followup_weekly WHERE dimension = 'all'"
+    ).result_rows[0]
+    due, in_time, late, never, pending, closed_rate, in_time_rate = total
+    median = client.query(
+        "SELECT round(median(hours_to_follow_up), 1) FROM touchpoints.followups "
+        "WHERE outcome IN ('in_time', 'late')"
+    ).result_rows[0][0]
+    by_channel = client.query(
+        "SELECT value, sum(due), round(sum(in_time + late) / nullIf(sum(due), 0), 3) "
+        "FROM touchpoints.followup_weekly WHERE dimension = 'channel' "
+        "GROUP BY value ORDER BY 2 DESC"
+    ).result_rows
+    effect = client.query(
+        "SELECT followed_up, answers, detractor_share, detractor_share_margin, nps_answers, "
+        "nps, nps_margin FROM touchpoints.followup_effect ORDER BY followed_up"
+    ).result_rows
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    lines = [
+        "",
+        "closed-loop follow-up of detractor answers (ClickHouse touchpoints.followups, "
+        "followup_weekly, followup_effect)",
+        f"  due {due or 0:,}: in time (48 h) {in_time or 0:,}, late {late or 0:,}, "
+        f"never {never or 0:,}; not due yet {pending or 0:,}",
+        f"  closed-loop rate {share(closed_rate)}, in time {share(in_time_rate)}, "
+        f"median time to follow up {'-' if median is None else f'{median} h'}",
+        *(
+            f"  {channel:<14} due {n:>5,}  closed loop {share(rate)}"
+            for channel, n, rate in by_channel
+        ),
+        "  the next answer after the follow-up (detractor share, NPS; 95 % margins):",
+        *(
+            f"  {followed:<8} n={n:<5,} detractors {share(d)} ±{share(dm)}  "
+            f"NPS n={nn:,} {'-' if nps is None else f'{nps:+.1f} ±{nm:.1f}'}"
+            for followed, n, d, dm, nn, nps, nm in effect
+        ),
     ]
     return "\n".join(lines)
 

@@ -18,6 +18,12 @@ Deterministic: the same configuration gives the same bytes, every run (one seede
   alerts must notice;
 * a shared family tablet (one ``device_id`` for several customers) and a call-centre
   placeholder phone number shown by many customers: links a stitcher must refuse;
+* closed-loop follow-up: a detractor answer is followed by an outbound call or e-mail
+  from the company, promptly (within 36 hours) for half of them, late (after 54 to 120
+  hours) for a quarter, never for the rest; the customer's next answer is better after
+  a prompt follow-up, a little after a late one, and worse after none. These come from
+  a random stream of their own, so turning them off (``followups=False``) leaves every
+  other event as it was, apart from the answers they affect;
 * optionally a share of deliberately broken messages (each labelled with why) and
   of re-sent duplicates.
 
@@ -28,6 +34,7 @@ Zipf-distributed over the customers, for throughput measurements.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import random
 import time
@@ -77,6 +84,13 @@ BAD_KINDS = (
 #: What an incident adds to the effort behind an answer given on its channel (the
 #: answers then come from the hardest journeys: mostly detractors).
 INCIDENT_EFFORT = 6
+#: How a detractor hears back: (share, earliest, latest hours after the answer); the
+#: rest never do.
+FOLLOW_UPS = {"prompt": (0.5, 1.0, 36.0), "late": (0.25, 54.0, 120.0)}
+#: What a follow-up does to the customer's next answer, in NPS points (CSAT and CES move
+#: by the same share of their scale); "never" is a detractor nobody called back.
+FOLLOW_UP_EFFECT = {"prompt": 2.0, "late": 0.6, "never": -1.0}
+_NO_CALL_BACK_AFTER = timedelta(hours=48)
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,8 @@ class GeneratorConfig:
     #: the shared family tablet and the call-centre placeholder phone: links a stitcher
     #: must refuse (off when a test needs identity to equal the connected components)
     link_traps: bool = True
+    #: detractors hear back (an outbound call or e-mail), promptly, late or never
+    followups: bool = True
 
     def in_incident(self, channel: str, when: datetime) -> bool:
         """Whether a contact on ``channel`` at ``when`` is hit by the incident."""
@@ -149,6 +165,11 @@ class _Customer:
     case_contacts: int = 0
     case_effort: int = 0
     case_channel: str | None = None
+    #: a follow-up call scheduled, or the outcome of the last follow-up and from when it
+    #: shows in the next answer
+    call_scheduled: bool = False
+    followed_up: str | None = None
+    followed_up_at: datetime | None = None
 
 
 def _zipf_weights(n: int, exponent: float) -> list[float]:
@@ -215,6 +236,55 @@ class _Journeys:
         self.rng = rng
         self.config = config
         self.case_seq = 0
+        #: follow-ups draw from their own stream: the main one stays as it was
+        self.follow_rng = random.Random(config.seed * 7919 + 1)
+        #: call-backs to make: (when, sequence, customer index, "prompt" or "late")
+        self.scheduled: list[tuple[datetime, int, int, str]] = []
+        self.calls = 0
+
+    def call_back(self, c: _Customer, when: datetime, outcome: str, event_id: str) -> Any:
+        """The company's outbound call or e-mail to a detractor."""
+        rng = self.follow_rng
+        c.call_scheduled = False
+        c.followed_up, c.followed_up_at = outcome, when
+        interaction = {
+            "direction": "outbound",
+            "queue": rng.choice(("retention", "retention", "billing", "technical")),
+            "agent_id": f"agent-{rng.randrange(200):03d}",
+        }
+        if rng.random() < 0.7:
+            interaction["handle_seconds"] = round(rng.uniform(120, 900), 1)
+            channel, type_ = "call_center", "call"
+            identifiers = {"phone": c.phone, "account_id": c.account_id}
+        else:
+            channel, type_, identifiers = "email", "email_sent", {"email": c.email}
+        # its own time spelling: the main random stream is not drawn from
+        stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return self._base(
+            c, when, event_id, channel, type_, identifiers, stamp=stamp, interaction=interaction
+        )
+
+    def _schedule_follow_up(self, c: _Customer, when: datetime) -> None:
+        if not self.config.followups or c.call_scheduled:
+            return  # one call back covers the answers before it
+        roll = self.follow_rng.random()
+        for outcome, (share, earliest, latest) in FOLLOW_UPS.items():
+            if roll < share:
+                at = when + timedelta(hours=self.follow_rng.uniform(earliest, latest))
+                self.calls += 1
+                heapq.heappush(self.scheduled, (at, self.calls, c.index, outcome))
+                c.call_scheduled = True
+                return
+            roll -= share
+        c.followed_up, c.followed_up_at = "never", when + _NO_CALL_BACK_AFTER
+
+    def _effect(self, c: _Customer, when: datetime) -> float:
+        """What the last follow-up does to this answer (NPS points), once."""
+        if c.followed_up is None or c.followed_up_at is None or when < c.followed_up_at:
+            return 0.0
+        effect = FOLLOW_UP_EFFECT[c.followed_up]
+        c.followed_up = c.followed_up_at = None
+        return effect
 
     def next_event(self, c: _Customer, when: datetime, event_id: str) -> dict[str, Any]:
         rng = self.rng
@@ -306,11 +376,12 @@ class _Journeys:
         channel: str,
         type_: str,
         identifiers: dict[str, str],
+        stamp: Any = None,
         **extra: Any,
     ) -> dict[str, Any]:
         document: dict[str, Any] = {
             "event_id": event_id,
-            "occurred_at": _timestamp(self.rng, when),
+            "occurred_at": _timestamp(self.rng, when) if stamp is None else stamp,
             "type": type_,
             "channel": channel,
             "identifiers": identifiers,
@@ -467,12 +538,18 @@ class _Journeys:
         if self.config.in_incident(channel, when):
             effort += INCIDENT_EFFORT
         hardship = min(1.0, effort / 6)  # high-effort journeys answer lower
+        lift = self._effect(c, when) / 10  # a share of the scale
         if metric == "nps":
-            score: float = max(0, min(10, round(rng.gauss(8.2 - 5 * hardship, 2.0))))
+            score: float = max(0, min(10, round(rng.gauss(8.2 - 5 * hardship + 10 * lift, 2.0))))
+            detractor = score <= 6
         elif metric == "csat":
-            score = max(1, min(5, round(rng.gauss(4.2 - 2.5 * hardship, 0.9))))
+            score = max(1, min(5, round(rng.gauss(4.2 - 2.5 * hardship + 4 * lift, 0.9))))
+            detractor = score <= 1
         else:
-            score = max(1, min(7, round(rng.gauss(5.8 - 3.5 * hardship, 1.1))))
+            score = max(1, min(7, round(rng.gauss(5.8 - 3.5 * hardship + 6 * lift, 1.1))))
+            detractor = score <= 1
+        if detractor:
+            self._schedule_follow_up(c, when)
         survey: dict[str, Any] = {"metric": metric, "score": score}
         if rng.random() < 0.2:
             survey["comment"] = rng.choice(
@@ -535,6 +612,18 @@ def generate(config: GeneratorConfig) -> Iterator[GeneratedMessage]:
     emitted = 0
     for i in range(config.events):
         when = config.start + step * i + timedelta(milliseconds=rng.randrange(1000))
+        scheduled = journeys.scheduled
+        while scheduled and scheduled[0][0] <= when:
+            at, n, index, outcome = heapq.heappop(scheduled)
+            document = journeys.call_back(people[index], at, outcome, f"fu-{config.seed}-{n:07d}")
+            emitted += 1
+            yield GeneratedMessage(
+                TOPIC_PREFIX + document["channel"],
+                next(iter(document["identifiers"].values())).encode(),
+                orjson.dumps(document),
+                (),
+                "valid",
+            )
         if sent and rng.random() < config.duplicate_share:
             again = sent[rng.randrange(len(sent))]
             emitted += 1
