@@ -46,8 +46,10 @@ crossing and is armed again only once ``p`` falls below the re-arm level (hyster
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -300,18 +302,25 @@ def features(
         _days(j.answer_history[0].at if j.answer_history else 0, t, RECENCY_CAP_DAYS),
         _days(j.first_seen, t, TENURE_CAP_DAYS) if j.first_seen else 0.0,
     ]
-    total = sum(j.touchpoints.values())
-
-    def share(channels: Iterable[str]) -> float:
-        return sum(n for ch, n in j.touchpoints.items() if ch in channels) / total if total else 0.0
-
+    total = on_assisted = digital = messaging = billing = 0
+    for channel, n in j.touchpoints.items():  # one pass: this runs for every event
+        total += n
+        if channel in assisted:
+            on_assisted += n
+        if channel in _DIGITAL:
+            digital += n
+        elif channel in _MESSAGING:
+            messaging += n
+        elif channel == "billing":
+            billing += n
+    share = 1.0 / total if total else 0.0
     x += [
         math.log1p(total),
         float(len(j.touchpoints)),
-        share(assisted),
-        share(_DIGITAL),
-        share(_MESSAGING),
-        share(("billing",)),
+        on_assisted * share,
+        digital * share,
+        messaging * share,
+        billing * share,
     ]
     history = j.answer_history
     if history:
@@ -423,8 +432,17 @@ class Model:
         ]
 
     def probability(self, x: Sequence[float]) -> float:
-        """The probability that the customer's next answer is a detractor answer."""
-        return _logistic(self.intercept + math.fsum(self.contributions(x)))
+        """The probability that the customer's next answer is a detractor answer: the
+        logistic of ``intercept + sum(coefficient * (x - mean) / scale)``, computed as
+        ``offset + sum(weight * x)`` with both folded once (it runs for every event)."""
+        weights, offset = self._folded
+        return _logistic(offset + math.fsum(map(operator.mul, weights, x)))
+
+    @functools.cached_property
+    def _folded(self) -> tuple[tuple[float, ...], float]:
+        weights = tuple(c / s for c, s in zip(self.coefficients, self.scales, strict=True))
+        offset = self.intercept - math.fsum(w * m for w, m in zip(weights, self.means, strict=True))
+        return weights, offset
 
     def reasons(self, x: Sequence[float], top: int = 3) -> list[dict[str, Any]]:
         """The features that raise the score most (positive terms, largest first)."""
