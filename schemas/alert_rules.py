@@ -39,6 +39,7 @@ from pydantic import (
 __all__ = [
     "ALERT_TYPES",
     "AlertRules",
+    "AtRiskRule",
     "DetractorRule",
     "EffortSpikeRule",
     "Endpoint",
@@ -54,6 +55,7 @@ AlertType = Literal[
     "score.recovered",
     "customer.detractor",
     "customer.effort_spike",
+    "customer.at_risk",
     "customer.followup_overdue",
 ]
 ALERT_TYPES: tuple[AlertType, ...] = get_args(AlertType)
@@ -135,6 +137,28 @@ class EffortSpikeRule(_Rule):
     case_points_above: int | None = Field(default=100, ge=1)
 
 
+class AtRiskRule(_Rule):
+    """``customer.at_risk``: the customer's detractor probability (the model's score,
+    ``streams.domain.risk``) reaches ``threshold``; once per crossing: armed again only
+    after it falls below ``rearm_below``. The payload names the ``reasons`` features
+    that raise the score most."""
+
+    enabled: bool = True
+    #: the shipped model's detractor band starts there (twice the demo's detractor rate)
+    threshold: float = Field(default=0.35, gt=0, lt=1)
+    rearm_below: float = Field(default=0.3, gt=0, lt=1)
+    reasons: int = Field(default=3, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AtRiskRule:
+        if self.rearm_below >= self.threshold:
+            raise ValueError(
+                f"rearm_below ({self.rearm_below}) must be below the threshold "
+                f"({self.threshold}), or a customer near it would fire again and again"
+            )
+        return self
+
+
 class FollowupOverdueRule(_Rule):
     """Closed-loop follow-up: every detractor answer (as ``detractor`` defines it) opens
     a follow-up due ``due`` later (event time); ``customer.followup_overdue`` fires once
@@ -196,6 +220,7 @@ class AlertRules(_Rule):
     score_drop: ScoreDropRule = ScoreDropRule()
     detractor: DetractorRule = DetractorRule()
     effort_spike: EffortSpikeRule = EffortSpikeRule()
+    at_risk: AtRiskRule = AtRiskRule()
     followup_overdue: FollowupOverdueRule = FollowupOverdueRule()
     endpoints: tuple[Endpoint, ...] = ()
     #: largest response body read from an endpoint (the rest is ignored)

@@ -14,6 +14,7 @@ import orjson
 
 __all__ = [
     "Answer",
+    "Behaviour",
     "Customer",
     "Fact",
     "FollowUp",
@@ -23,6 +24,7 @@ __all__ = [
     "OpenCase",
     "PastAnswer",
     "Refusal",
+    "Risk",
     "Touch",
     "customer_from_json",
     "customer_to_json",
@@ -142,6 +144,37 @@ class FollowupState:
 
 
 @dataclass(slots=True)
+class Behaviour:
+    """Exponentially time-decayed sums of the customer's assisted-contact signals
+    (``streams.domain.risk``): each value is the sum of its contributions weighted by
+    ``2 ** -((ref - at) / half-life)``, held at the reference time ``ref`` (epoch ms, the
+    latest contribution's event time). Adding is a sum, so any order of contacts and any
+    combination of two customers give the same values. ``last_contact_at`` is the latest
+    assisted contact's event time (0: none)."""
+
+    ref: int = 0
+    values: list[float] = field(default_factory=list)
+    last_contact_at: int = 0
+    #: per case: ``[ref, repeats, switches]``, the case's decayed repeat and switch flags
+    #: held at its latest contact (they change with the rest of the case)
+    cases: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Risk:
+    """The customer's detractor risk as last scored (``streams.domain.risk``): the
+    probability, its band, the event time it was scored at, the model's version, and
+    whether it is above the at-risk threshold (armed again once it falls below the
+    re-arm level)."""
+
+    p: float
+    band: str
+    at: int
+    model: str
+    above: bool = False
+
+
+@dataclass(slots=True)
 class Customer:
     """A customer as its partition keeps it: identity (as the resolver last said) and
     journey.
@@ -152,8 +185,9 @@ class Customer:
     item applied to it. ``merged_in`` maps every customer whose state was combined into
     this one (directly or through them) to the sequence number of its merge, so a
     hand-over delivered twice is combined once. ``cases`` lists the ids of its cases
-    that have contacts stored (oldest first). ``followup`` is its closed-loop follow-up
-    state.
+    that have contacts stored (oldest first). ``behaviour`` and ``risk`` feed and hold
+    the detractor score (values stored before they existed load without them).
+    ``followup`` is its closed-loop follow-up state.
     """
 
     customer_id: str
@@ -163,6 +197,10 @@ class Customer:
     journey: Journey = field(default_factory=Journey)
     merged_in: dict[str, int] = field(default_factory=dict)
     cases: list[str] = field(default_factory=list)
+    #: decayed assisted-contact signals, the behaviour the detractor model reads
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    #: the latest detractor risk (None until scored)
+    risk: Risk | None = None
     #: closed-loop follow-up of its detractor answers (None: never had one)
     followup: FollowupState | None = None
 
@@ -237,6 +275,8 @@ def customer_from_json(data: bytes | str) -> Customer:
         journey=journey,
         merged_in=raw.get("merged_in") or {},
         cases=raw.get("cases") or [],
+        behaviour=Behaviour(**raw["behaviour"]) if raw.get("behaviour") else Behaviour(),
+        risk=Risk(**raw["risk"]) if raw.get("risk") else None,
         followup=_followup_from_json(raw.get("followup")),
     )
 

@@ -190,13 +190,15 @@ def customer_row(customer: Customer, version: int, updated_at: int) -> tuple[Any
         version,
         0,
         [(a.metric, a.score, a.at, a.event_id) for a in j.answer_history],
+        customer.risk.p if customer.risk else None,
+        customer.risk.band if customer.risk else "",
     )
 
 
 def deleted_customer_row(customer_id: str, version: int, updated_at: int) -> tuple[Any, ...]:
     """A ``customer_360_store`` row that removes the customer from the view."""
     row: list[Any] = [customer_id, {}, 0, 0, 0, {}, [], "", 0]
-    row += [None] * 7 + [[], [], [], updated_at, version, 1, []]
+    row += [None] * 7 + [[], [], [], updated_at, version, 1, [], None, ""]
     assert len(row) == len(CUSTOMER_COLUMNS)
     return tuple(row)
 

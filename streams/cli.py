@@ -78,6 +78,7 @@ _READS_SETTINGS = frozenset(
         "report",
         "status",
         "dlq",
+        "model",
     }
 )
 

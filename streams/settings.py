@@ -406,6 +406,17 @@ class Settings(BaseSettings):
         "time every partition still sending has reached",
     )
 
+    # --- Detractor risk ---------------------------------------------------------------
+    risk_model: Path | None = Field(
+        None,
+        description="the detractor model (JSON artifact of `touchpoint model train`) the "
+        "customer partitions score every customer with; empty: the model shipped with this "
+        "version (trained on the demo's data)",
+    )
+    risk_enabled: bool = Field(
+        True, description="score customers (customer_360.p_detractor, customer.at_risk)"
+    )
+
     # --- Alerts ------------------------------------------------------------------------
     alerts: AlertRules = Field(
         default=AlertRules(),
@@ -420,6 +431,18 @@ class Settings(BaseSettings):
         200_000, ge=1, description="back-pressure: the stream waits above this many rows"
     )
     sink_retry_max_s: float = Field(30.0, gt=0, description="cap of the insert retry backoff")
+
+    @field_validator("risk_model")
+    @classmethod
+    def _model_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from streams.domain.risk import load_model
+
+            try:
+                load_model(value)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"cannot use the model {value}: {exc}") from None
+        return value
 
     @field_validator("score_segments")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from schemas.clickhouse import EVENT_COLUMN, SCORE_COLUMNS
+from schemas.clickhouse import CUSTOMER_COLUMNS, EVENT_COLUMN, SCORE_COLUMNS
 from schemas.customer import Customer
 from streams.domain.customers import (
     CustomerBook,
@@ -344,7 +344,7 @@ def test_an_erased_customer_is_removed_and_a_hand_over_into_it_is_dropped() -> N
     assert ps[1].customer(S) is None and ps[1].gone(S) == ("", 4, ["k1"])
     assert ps[1].state.store.get(f"k/{S}/k1") is None
     (row,) = erased.rows["customer_360_store"]
-    assert row[0] == S and row[-2] == 1  # deleted
+    assert row[0] == S and row[CUSTOMER_COLUMNS.index("deleted")] == 1
     ps[0].deliver(ps[0].run(), ps)
     late = ps[1].run()
     assert (late.combined, late.forwarded) == (0, 0)

@@ -188,7 +188,9 @@ def test_a_late_fact_is_folded_on_arrival() -> None:
     fold(state, 10 * HOUR, RULES)
     assert state.open is not None and state.open.id == "a"
     # an outbound contact at 1 h arrives after the progress passed 10 h: folded at once
-    out = add_fact(state, [HOUR, "c", OUTBOUND, "chat", None, "q", "x", None, None], 10 * HOUR, RULES)
+    out = add_fact(
+        state, [HOUR, "c", OUTBOUND, "chat", None, "q", "x", None, None], 10 * HOUR, RULES
+    )
     assert state.open is None and out.changed["a"].how == "contact"
     assert not out.overdue
 

@@ -70,6 +70,7 @@ from streams.domain.effort import CaseBook, Contact, EffortRules, is_contact, po
 from streams.domain.identity import IdentityRules
 from streams.domain.journey import JourneyRules, TouchFacts, apply
 from streams.domain.resolve import resolve_records
+from streams.domain.risk import HALF_LIFE_MS, SIGNALS, RiskRules, decayed, default_model, signals_of
 from streams.domain.scores import Answer, Key, Tally, segments_of, tally_answers
 from tests.test_journey import journey_of, order_independent
 from tests.test_resolve import TOPIC, IdentityStore, event_row
@@ -105,6 +106,8 @@ CUSTOMER_COLUMN = {name: i for i, name in enumerate(CUSTOMER_COLUMNS)}
 KINDS = ("account_id", "email", "phone", "device_id")
 CHANNELS = ("web", "chat", "call_center")
 TYPES = ("page_view", "purchase", "login", "call", "chat", "ticket_resolved", "survey_response")
+#: the shipped detractor model: every customer is scored as its partition applies events
+RISK = RiskRules(default_model())
 RULES = {
     "free": IdentityRules(limits={}, default_limit=1000, unique_kinds=frozenset()),
     "default": IdentityRules(),
@@ -492,7 +495,9 @@ class Run:
         book, cases = state.books()
         now = self.now()
         version = batch_version(records, previous, now)
-        rules = PartitionRules(JOURNEY, EFFORT, SCORES, len(self.partitions), max_cases=1000)
+        rules = PartitionRules(
+            JOURNEY, EFFORT, SCORES, len(self.partitions), max_cases=1000, risk=RISK
+        )
         out, hwm = process_records(records, book, cases, rules, hwm, version, now)
         self.handovers += out.handed_over
         self.forwarded += out.forwarded
@@ -705,6 +710,26 @@ def check_against_reference(run: Run, events: Sequence[Event], rules: IdentityRu
     # customers created by identifiers only (a refused one, a repeat's) saw nothing
     for customer_id in set(live) - set(ref.journeys):
         assert sum(live[customer_id].journey.touchpoints.values()) == 0
+    # the behaviour summary: every contact of the customer, flagged as one process flags
+    # it, weighted by its age (the detractor model reads it), and the score of that state
+    expected: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(SIGNALS))
+    first = {}
+    for e in events:
+        first.setdefault(e.event_id, e)
+    horizon = max((e.at for e in events), default=0) + 86_400_000
+    for event_id, (_case, repeat, switch, _points) in ref.contacts.items():
+        owner = ref.customer_of[event_id]
+        c = contact_of(first[event_id], owner)
+        c.repeat, c.switch = repeat, switch
+        weight = 2.0 ** (-(horizon - c.at) / HALF_LIFE_MS)
+        expected[owner] = [
+            v + weight * x for v, x in zip(expected[owner], signals_of(c), strict=True)
+        ]
+    for customer_id, customer in live.items():
+        got = decayed(customer.behaviour, horizon)
+        want = expected.get(customer_id, [0.0] * len(SIGNALS))
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-9), customer_id
+        assert customer.risk is not None and customer.risk.model == RISK.model.version
     # every counted event has its events row, under the customer it had when resolved
     assert set(run.sink.events) == set(ref.customer_of)
     # cases: the contacts of every (customer, case) in event-time order, and their signals

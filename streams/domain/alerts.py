@@ -5,6 +5,8 @@ fires the same ids again and the delivery ledger sends each one once:
 
 * ``customer.detractor``: the answer's ``event_id``;
 * ``customer.effort_spike``: the customer and the case (one alert per case);
+* ``customer.at_risk``: the customer and the event (or hand-over) whose score crossed
+  the threshold (one alert per crossing: ``streams.domain.risk``);
 * ``customer.followup_overdue``: the follow-up, named by the detractor answer that
   opened it (``streams.domain.followup``);
 * ``score.dropped``: the segment, the metric and the event-time minute it fired at;
@@ -32,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from schemas.alert_rules import DetractorRule, EffortSpikeRule, ScoreDropRule
+from schemas.alert_rules import AtRiskRule, DetractorRule, EffortSpikeRule, ScoreDropRule
 from schemas.alerts import Alert, alert_id, iso
 from schemas.customer import Customer, FollowUp
 from streams.domain.effort import Contact
@@ -41,6 +43,7 @@ from streams.domain.scores import Z95, Answer, Rolling, ScoreValue, Tally, value
 __all__ = [
     "Comparison",
     "DropDetector",
+    "at_risk_alert",
     "compare",
     "detractor_alert",
     "effort_spike_alert",
@@ -402,6 +405,55 @@ def effort_spike_alert(
         customer_id,
         wall_ms,
         tuple(f"{k}:{v}" for k, v in segments),
+        data,
+        customer_id,
+    )
+
+
+def at_risk_alert(
+    rule: AtRiskRule,
+    customer_id: str,
+    cause: str,
+    at: int,
+    p: float,
+    band: str,
+    model: str,
+    reasons: Sequence[Mapping[str, Any]],
+    customer: Customer | None,
+    wall_ms: int,
+) -> Alert:
+    """A ``customer.at_risk`` alert: the customer's detractor probability crossed the
+    threshold at event ``cause`` (``merge:<id>`` for a hand-over), event time ``at``."""
+    journey: dict[str, Any] = {}
+    segments: tuple[str, ...] = ()
+    if customer is not None:
+        j = customer.journey
+        journey = {
+            "stage": j.stage,
+            "last_seen": iso(j.last_seen),
+            "touchpoints": sum(j.touchpoints.values()),
+            "open_cases": sorted(j.open_cases),
+            "latest_answers": {m: a.score for m, a in sorted(j.answers.items())},
+        }
+        segments = (f"journey_stage:{j.stage}",) if j.stage else ()
+    data = {
+        "customer_id": customer_id,
+        "p_detractor": round(p, 4),
+        "predicted_nps_band": band,
+        "threshold": rule.threshold,
+        "rearm_below": rule.rearm_below,
+        "model_version": model,
+        "reasons": [dict(r) for r in reasons],
+        "event_id": cause,
+        "occurred_at": iso(at),
+        "journey": journey,
+    }
+    return Alert(
+        alert_id("customer.at_risk", customer_id, cause),
+        "customer.at_risk",
+        customer_id,
+        wall_ms,
+        segments,
         data,
         customer_id,
     )

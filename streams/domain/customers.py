@@ -58,6 +58,14 @@ from streams.domain.effort import CaseBook, Contact, EffortRules, is_contact
 from streams.domain.followup import FollowupIndex, FollowupRules
 from streams.domain.journey import JourneyRules, TouchFacts, apply, combine
 from streams.domain.resolve import FLAG_LATE, partition_of
+from streams.domain.risk import (
+    AtRisk,
+    RiskRules,
+    add_contacts,
+    combine_behaviour,
+    note_case,
+    rescore,
+)
 from streams.domain.scores import Answer, Key, Tally, bucket_of, segments_of, tally_answers
 
 __all__ = [
@@ -66,6 +74,7 @@ __all__ = [
     "PartitionOutput",
     "PartitionRules",
     "ScoreRules",
+    "open_contacts",
     "process_records",
     "state_writes",
     "touch_of",
@@ -112,6 +121,8 @@ class PartitionRules:
     partitions: int = 1
     #: case ids kept per customer (the oldest case's contacts go beyond it)
     max_cases: int = 100
+    #: the detractor model and at-risk threshold (None: customers are not scored)
+    risk: RiskRules | None = None
     followup: FollowupRules = field(default_factory=FollowupRules)
 
 
@@ -257,6 +268,8 @@ class PartitionOutput:
     #: (customer, case) of every contact with an effort row, and the segments of the
     #: case's newest such contact, for the effort-spike alerts
     cases: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: customers whose detractor risk crossed the at-risk threshold
+    at_risk: list[AtRisk] = field(default_factory=list)
     #: erasure requests applied (the caller deletes the customers' rows)
     erasures: list[dict[str, Any]] = field(default_factory=list)
     #: follow-ups whose due time passed with them open: (customer, the follow-up as it
@@ -379,12 +392,25 @@ def process_records(
                     contact = _contact(row, customer.customer_id, stage, score)
                     if contact.case_id is not None:
                         _keep_case(customer, contact.case_id, cases, rules)
-                    for changed, before in cases.apply(customer.customer_id, contact):
+                    applied_contacts = cases.apply(customer.customer_id, contact)
+                    if applied:
+                        add_contacts(customer.behaviour, applied_contacts, contact.event_id)
+                    if contact.case_id is not None:
+                        note_case(
+                            customer.behaviour,
+                            contact.case_id,
+                            cases.contacts(customer.customer_id, contact.case_id),
+                        )
+                    for changed, before in applied_contacts:
                         effort_rows[changed.event_id] = _effort_row(changed, version)
                         touched.append((customer.customer_id, changed))
                         if late and changed is contact:
                             continue  # late: out of the rolling view
                         _add_effort(effort_view, changed, before, score)
+                if customer is not None and applied and rules.risk is not None:
+                    out.at_risk += rescore(
+                        customer, rules.risk, touch.event_id, open_contacts(customer, cases)
+                    )
             elif kind == "i":
                 if not book.left_after(item[2], seq):
                     customer = book.live(item[2], seq)
@@ -420,6 +446,8 @@ def process_records(
         if held is None:
             customers.append(deleted_customer_row(customer_id, version, now_ms))
         else:
+            if held.risk is None and rules.risk is not None:  # new, or stored unscored
+                rescore(held, rules.risk, None, open_contacts(held, cases))
             customers.append(customer_row(held, version, now_ms))
     out.rows = {
         "events_store": events,
@@ -500,6 +528,7 @@ def _receive(
         return []  # combined before (the hand-over was sent again)
     source = handover.customer
     combine(survivor_customer.journey, source.journey, rules.journey)
+    combine_behaviour(survivor_customer.behaviour, source.behaviour)
     survivor_customer.merged_in[handover.source] = handover.seq
     loop.combine(survivor_customer, source.followup)
     for absorbed, seq in source.merged_in.items():
@@ -509,9 +538,29 @@ def _receive(
         if not contacts:
             continue
         _keep_case(survivor_customer, case_id, cases, rules)
-        changed += [(into, c, before) for c, before in cases.absorb(into, case_id, contacts)]
+        recomputed = cases.absorb(into, case_id, contacts)
+        note_case(survivor_customer.behaviour, case_id, cases.contacts(into, case_id))
+        changed += [(into, c, before) for c, before in recomputed]
     out.combined += 1
+    if rules.risk is not None:
+        out.at_risk += rescore(
+            survivor_customer,
+            rules.risk,
+            f"merge:{handover.source}",
+            open_contacts(survivor_customer, cases),
+        )
     return changed
+
+
+def open_contacts(customer: Customer, cases: CaseBook) -> list[list[Contact]]:
+    """The assisted contacts of each of the customer's open cases (the detractor model
+    reads them)."""
+    held = customer.cases
+    return [
+        cases.contacts(customer.customer_id, case_id)
+        for case_id in customer.journey.open_cases
+        if case_id in held
+    ]
 
 
 def _erase(

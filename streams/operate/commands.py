@@ -33,6 +33,7 @@ __all__ = [
     "cmd_effort_check",
     "cmd_erase",
     "cmd_migrate",
+    "cmd_model",
     "cmd_schema",
     "cmd_status",
     "cmd_verify",
@@ -308,6 +309,58 @@ def cmd_effort_check(args: argparse.Namespace) -> int:
             f"effort check failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}"
             " and migrated (touchpoint migrate)?"
         ) from None
+    return 0
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+async def _model_examples(settings: Settings) -> list[Any]:
+    from streams.operate.model import events_query, examples_from_rows
+    from streams.runtime.app import partition_rules
+
+    client = await _clickhouse(settings)
+    try:
+        await _require_table(client, settings, "events")
+        result = await client.query(events_query(settings.clickhouse_database))
+        rows = result.result_rows
+    finally:
+        await client.close()
+    # features only: the model in use plays no part
+    rules = partition_rules(settings.model_copy(update={"risk_enabled": False}))
+    return examples_from_rows(rows, rules, settings.alerts.detractor)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """Train the detractor model from ClickHouse, or evaluate it on a time split."""
+    from streams.operate.model import evaluate, fit, format_evaluation
+
+    settings = settings_from_args(args)
+    configure_logging("WARNING")
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "touchpoint model: needs scikit-learn; pip install 'touchpoint-streams[model]'"
+        ) from None
+    examples = _guarded(settings, _model_examples(settings))
+    try:
+        if args.model_command == "train":
+            model = fit(
+                examples, seed=args.seed, c=args.c, source=f"{settings.clickhouse_database}.events"
+            )
+            Path(args.output).write_bytes(model.to_json())
+            t = model.trained
+            _out(
+                f"trained {model.version} on {t['answers']:,} answers "
+                f"({t['detractor_answers']:,} detractor answers, {t['customers']:,} customers); "
+                f"written to {args.output}"
+            )
+            return 0
+        evaluation = evaluate(examples, test_share=args.test_share, seed=args.seed, c=args.c)
+    except ValueError as exc:
+        raise SystemExit(f"touchpoint model: {exc}") from None
+    _out(json.dumps(evaluation.to_json(), indent=2) if args.json else format_evaluation(evaluation))
     return 0
 
 
@@ -717,6 +770,43 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         "how well the effort index tracks the CES answers in ClickHouse (correlation, "
         "sample size, mean effort per CES score)",
     )
+
+    model = add(
+        "model",
+        cmd_model,
+        "the detractor model: `model train` fits it to the survey answers in ClickHouse and "
+        "writes the artifact the worker scores with (TOUCHPOINT_RISK_MODEL); `model evaluate` "
+        "reports AUC, calibration and top-decile lift on a time split, against baselines",
+    )
+    verbs = model.add_subparsers(dest="model_command", required=True, metavar="VERB")
+    for verb, text in (
+        ("train", "fit the model to every answer in ClickHouse and write its JSON artifact"),
+        (
+            "evaluate",
+            "train on the earliest answers, test on the latest: AUC, calibration per decile, "
+            "top-decile lift, against the previous answer and the stage's rate",
+        ),
+    ):
+        sub = verbs.add_parser(
+            verb,
+            help=text,
+            description=text,
+            epilog=model.epilog,
+            formatter_class=model.formatter_class,
+            parents=[config_option()],
+        )
+        sub.set_defaults(func=cmd_model)
+        sub.add_argument("--seed", type=int, default=7, help="random state of the fit")
+        sub.add_argument(
+            "--l2-c", dest="c", type=float, default=1.0, help="C: inverse L2 regularisation"
+        )
+        if verb == "train":
+            sub.add_argument("--output", "-o", required=True, help="the artifact to write")
+        else:
+            sub.add_argument(
+                "--test-share", type=float, default=0.3, help="latest share of answers tested"
+            )
+            sub.add_argument("--json", action="store_true", help="print the report as JSON")
 
     report = add(
         "report",

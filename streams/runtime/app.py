@@ -29,6 +29,7 @@ from streams.domain.identifiers import IdentifierPolicy
 from streams.domain.identity import IdentityRules
 from streams.domain.ingest import IngestRules
 from streams.domain.journey import JourneyRules
+from streams.domain.risk import RiskRules, load_model
 from streams.runtime.agents import register_agents
 from streams.runtime.batching import BatchingApp
 from streams.runtime.lifecycle import retry_until_ready, survives
@@ -56,6 +57,7 @@ __all__ = [
     "journey_rules",
     "open_clickhouse",
     "partition_rules",
+    "risk_rules",
     "state_options",
 ]
 
@@ -162,6 +164,21 @@ def partition_rules(settings: Settings) -> PartitionRules:
             metrics=frozenset(settings.alerts.detractor.metrics),
             bottom_box=settings.alerts.detractor.bottom_box,
         ),
+        risk=risk_rules(settings),
+    )
+
+
+def risk_rules(settings: Settings) -> RiskRules | None:
+    """The detractor model and the at-risk threshold (None when scoring is off)."""
+    if not settings.risk_enabled:
+        return None
+    rule = settings.alerts.at_risk
+    return RiskRules(
+        load_model(settings.risk_model),
+        threshold=rule.threshold,
+        rearm_below=rule.rearm_below,
+        reasons=rule.reasons,
+        assisted=frozenset(settings.effort_assisted_channels),
     )
 
 

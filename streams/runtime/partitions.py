@@ -21,7 +21,12 @@ import orjson
 from schemas.alert_rules import AlertRules
 from schemas.alerts import Alert
 from schemas.customer import Customer, customer_from_json
-from streams.domain.alerts import detractor_alert, effort_spike_alert, followup_overdue_alert
+from streams.domain.alerts import (
+    at_risk_alert,
+    detractor_alert,
+    effort_spike_alert,
+    followup_overdue_alert,
+)
 from streams.domain.customers import (
     CustomerBook,
     Gone,
@@ -126,15 +131,14 @@ class CustomerPartition(Owner):
         )
         self.hwm, self.version = hwm, version
         # in the order that keeps every prefix of the writes replayable
-        state = state_writes(
-            book, cases, self.key, hwm, version, self.followups, self.index_prefix
-        )
+        state = state_writes(book, cases, self.key, hwm, version, self.followups, self.index_prefix)
         return Processed(out, self._alerts(out, book, cases, now_ms), state)
 
     def _alerts(
         self, out: PartitionOutput, book: CustomerBook, cases: CaseBook, now_ms: int
     ) -> list[Alert]:
-        """Detractor answers, cases whose effort crossed the threshold, follow-ups due."""
+        """Detractor answers, cases whose effort crossed the threshold, follow-ups due,
+        and customers whose detractor risk crossed the at-risk threshold."""
         rules = self.alert_rules
         fired: list[Alert] = []
         if rules.detractor.enabled:
@@ -161,6 +165,22 @@ class CustomerPartition(Owner):
                 )
                 if alert is not None:
                     fired.append(alert)
+        if rules.at_risk.enabled:
+            for r in out.at_risk:
+                fired.append(
+                    at_risk_alert(
+                        rules.at_risk,
+                        r.customer_id,
+                        r.cause,
+                        r.at,
+                        r.p,
+                        r.band,
+                        r.model,
+                        r.reasons,
+                        book.customer(r.customer_id),
+                        now_ms,
+                    )
+                )
         if rules.followup_overdue.enabled:
             fired += [followup_overdue_alert(c, f, now_ms) for c, f in out.overdue]
         sent = self.alerts_sent

@@ -403,6 +403,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_scores_report(client))
         print(_alerts_report(client))
         print(_followup_report(client))
+        print(_risk_report(client, defaults))
         from streams.operate.report import write_report_file
 
         report = home.resolve() / "report.html"
@@ -562,6 +563,59 @@ def _alerts_report(client: Any) -> str:
             f"window to {after['to'][:16]}"
         )
     return "\n".join(lines)
+
+
+def _risk_report(client: Any, settings: Any) -> str:
+    """The customers most at risk of a detractor answer, and how well the model does on
+    a time split of this run's answers (``touchpoint model evaluate``)."""
+    bands = client.query(
+        "SELECT predicted_nps_band, count(), round(avg(p_detractor), 3) "
+        "FROM touchpoints.customer_360 GROUP BY 1 ORDER BY 3 DESC"
+    ).result_rows
+    top = client.query(
+        "SELECT customer_id, round(p_detractor, 3), journey_stage, length(open_cases), "
+        "last_nps FROM touchpoints.customer_360 ORDER BY p_detractor DESC, customer_id LIMIT 10"
+    ).result_rows
+    reasons = dict(
+        client.query(
+            "SELECT customer_id, argMax(payload, fired_at) FROM touchpoints.alerts "
+            "WHERE type = 'customer.at_risk' GROUP BY customer_id"
+        ).result_rows
+    )
+    lines = [
+        "",
+        "detractor risk (ClickHouse touchpoints.customer_360 p_detractor, predicted_nps_band)",
+        *(f"  band {band or '(none)':<10} {n:>6,} customers, mean p {p}" for band, n, p in bands),
+        "  most at risk:",
+        "    customer                p      stage        open cases  last NPS  reasons "
+        "(customer.at_risk)",
+    ]
+    for customer_id, p, stage, open_cases, nps in top:
+        payload = reasons.get(customer_id)
+        why = (
+            ", ".join(r["feature"] for r in json.loads(payload)["data"]["reasons"])
+            if payload
+            else "-"
+        )
+        last = "-" if nps is None else f"{nps:.0f}"
+        lines.append(f"    {customer_id}  {p:.3f}  {stage:<12} {open_cases:>10}  {last:>8}  {why}")
+    try:
+        from streams.operate.model import (
+            evaluate,
+            events_query,
+            examples_from_rows,
+            format_evaluation,
+        )
+        from streams.runtime.app import partition_rules
+
+        rules = partition_rules(settings.model_copy(update={"risk_enabled": False}))
+        rows = client.query(events_query("touchpoints")).result_rows
+        evaluation = evaluate(examples_from_rows(rows, rules, settings.alerts.detractor))
+    except ImportError:
+        return "\n".join([*lines, "", "(the model's evaluation needs scikit-learn: [model])"])
+    except ValueError as exc:
+        return "\n".join([*lines, "", f"(no evaluation: {exc})"])
+    return "\n".join([*lines, "", format_evaluation(evaluation)])
 
 
 def _scores_report(client: Any) -> str:
