@@ -64,9 +64,11 @@ def demo_config(
     bad_share: float = 0.02,
     duplicate_share: float = 0.01,
     incident: str | None = "mobile_app",
+    answers: str = "effort",
 ) -> Any:
     """What ``touchpoint demo`` publishes: fourteen days of touchpoints ending now, with
-    the scripted incident on ``incident`` (a channel; None for none)."""
+    the scripted incident on ``incident`` (a channel; None for none) and survey answers
+    drawn by the model ``answers`` (``GeneratorConfig.answers``)."""
     from streams.tools.generator import GeneratorConfig, Incident
 
     return GeneratorConfig(
@@ -78,6 +80,7 @@ def demo_config(
         bad_share=bad_share,
         duplicate_share=duplicate_share,
         incident=Incident(channel=incident) if incident else None,
+        answers=answers,
     )
 
 
@@ -161,6 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 bad_share=args.bad_share,
                 duplicate_share=args.duplicate_share,
                 incident=Incident(channel=args.incident) if args.incident else None,
+                answers=args.answers,
             )
         )
 
@@ -341,6 +345,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             bad_share=args.bad_share,
             duplicate_share=args.duplicate_share,
             incident=None if args.incident == "none" else args.incident,
+            answers=args.answers,
         )
         say(f"publishing {args.events:,} touchpoints ...")
         stats = asyncio.run(
