@@ -71,8 +71,8 @@ def _answers_option(parser: argparse.ArgumentParser) -> None:
         "--answers",
         choices=ANSWER_MODELS,
         default="effort",
-        help="how survey answers are drawn: effort (default) from the hardship of the case, "
-        "the behaviour the effort points count; independent from a temperament of each "
+        help="how survey answers are drawn (default: effort): effort from the hardship of "
+        "the case, the behaviour the effort points count; independent from a temperament of each "
         "customer, the case's total wait and its time to resolution (of these the points "
         "count only the wait, a point a minute per contact): the same touchpoints, other "
         "scores",
