@@ -22,8 +22,15 @@ from streams.domain.ingest import FLAG_SKEW_CORRECTED, ingest
 from streams.domain.scores import Rolling, answer_tally
 from streams.runtime.app import ingest_rules
 from streams.settings import Settings
+from streams.tools import commands
 from streams.tools.demo import DEMO_ALERTS, demo_config
-from streams.tools.generator import BAD_KINDS, GeneratorConfig, benchmark_events, generate
+from streams.tools.generator import (
+    ANSWER_MODELS,
+    BAD_KINDS,
+    GeneratorConfig,
+    benchmark_events,
+    generate,
+)
 
 RULES = ingest_rules(Settings())
 NOW = datetime(2026, 11, 15, tzinfo=UTC)
@@ -241,9 +248,10 @@ def test_independent_answers_change_the_scores_and_nothing_else() -> None:
     assert _digest(other) == _digest(other)  # deterministic too
 
 
-def test_an_unknown_answer_model_is_refused() -> None:
+def test_an_unknown_answer_model_is_refused_and_the_commands_offer_the_known_ones() -> None:
     with pytest.raises(ValueError, match="answers must be one of"):
         GeneratorConfig(answers="random")
+    assert commands.ANSWER_MODELS == ANSWER_MODELS
 
 
 def _when(occurred_at: str | int) -> datetime:

@@ -64,9 +64,12 @@ def cmd_faults(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def _answers_option(parser: argparse.ArgumentParser) -> None:
-    from streams.tools.generator import ANSWER_MODELS
+#: ``GeneratorConfig.answers`` (the generator's ANSWER_MODELS; named here because the
+#: worker image lists these commands without holding the generator)
+ANSWER_MODELS = ("effort", "independent")
 
+
+def _answers_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--answers",
         choices=ANSWER_MODELS,
