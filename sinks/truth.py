@@ -20,10 +20,12 @@ from typing import Any
 from schemas.clickhouse import quote_identifier
 
 __all__ = [
+    "CUSTOMER_EFFORT_RECOMPUTED",
     "EFFORT_RECOMPUTED",
     "SCORES_RECOMPUTED",
     "SCORES_STORED",
     "Difference",
+    "check_customer_effort",
     "check_customers",
     "check_effort",
     "check_journeys",
@@ -83,7 +85,8 @@ SELECT
         + least(15, toUInt32(floor(ifNull(wait_seconds, 0) / 60))) AS pts,
     customer_id AS cust,
     occurred_at AS at,
-    channel
+    channel,
+    case_id
 FROM
 (
     SELECT *,
@@ -98,6 +101,35 @@ FROM
     WINDOW w AS (PARTITION BY customer_id, case_id ORDER BY occurred_at, event_id
                  ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
+"""
+
+#: Each customer's effort index from its definition (README "Effort", migration 0012) over
+#: the contacts above, next to what ``customer_360`` shows, in one query so that both
+#: read the same ``now64()``: the time-decayed (half-life 7 days) mean of the efforts of
+#: the customer's cases whose latest contact is in the last 28 days, a case's effort the
+#: sum of its contacts' points capped at 100, a contact without a case a case of its own.
+CUSTOMER_EFFORT_RECOMPUTED = """
+SELECT ifNull(c.customer_id, r.cust) AS customer, c.effort_index, r.idx
+FROM (SELECT customer_id, effort_index FROM {db}.customer_360) AS c
+FULL OUTER JOIN
+(
+    SELECT cust,
+           countIf(latest >= now64() - INTERVAL 28 DAY) AS cases,
+           if(cases = 0, NULL,
+              round(sumIf(weight * effort, latest >= now64() - INTERVAL 28 DAY)
+                    / sumIf(weight, latest >= now64() - INTERVAL 28 DAY), 1)) AS idx
+    FROM
+    (
+        SELECT cust, case_id, if(case_id IS NULL, event_id, '') AS lone,
+               least(100, sum(pts)) AS effort, max(at) AS latest,
+               exp2((toUnixTimestamp64Milli(latest) - toUnixTimestamp64Milli(now64(3)))
+                    / (7 * 86400000)) AS weight
+        FROM ({effort})
+        GROUP BY cust, case_id, lone
+    )
+    GROUP BY cust
+) AS r ON c.customer_id = r.cust
+SETTINGS join_use_nulls = 1
 """
 
 _JOURNEYS_RECOMPUTED = """
@@ -183,6 +215,35 @@ async def check_effort(
     return _compare("effort", stored, expected)
 
 
+async def check_customer_effort(
+    client: Any, database: str, assisted: Sequence[str], repeat_window_s: float = 7 * 86400
+) -> Difference:
+    """Every customer's ``customer_360.effort_index`` equals its definition recomputed
+    from ``events`` (within 0.1, the index's rounding: the two sums may add in another
+    order); NULL on one side only is a difference, and so is a customer on one side only
+    who has an index."""
+    db = quote_identifier(database)
+    effort = EFFORT_RECOMPUTED.format(db=db, repeat_s=int(repeat_window_s))
+    rows = await _rows(
+        client,
+        CUSTOMER_EFFORT_RECOMPUTED.format(db=db, effort=effort),
+        {"assisted": list(assisted)},
+    )
+
+    def same(stored: float | None, recomputed: float | None) -> bool:
+        if stored is None or recomputed is None:
+            return stored is recomputed
+        return abs(stored - recomputed) <= 0.1 + 1e-9
+
+    differing = sorted(customer for customer, stored, again in rows if not same(stored, again))
+    by_customer = {customer: (stored, again) for customer, stored, again in rows}
+    examples = [
+        f"{c!r}: stored {by_customer[c][0]!r}, recomputed {by_customer[c][1]!r}"
+        for c in differing[:5]
+    ]
+    return Difference("customer effort index", len(rows), len(differing), examples)
+
+
 async def check_journeys(client: Any, database: str) -> Difference:
     """Every customer's touchpoints (in all and per channel), first and last seen equal
     what ``events`` resolved to that customer says; no customer without events and no
@@ -244,6 +305,7 @@ async def truth_checks(
         await check_scores(client, database, dimensions, bucket_s),
         await check_journeys(client, database),
         await check_effort(client, database, assisted, repeat_window_s),
+        await check_customer_effort(client, database, assisted, repeat_window_s),
     ]
     if components is not None:
         found.append(await check_customers(client, database, components))

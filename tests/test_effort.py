@@ -8,7 +8,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.domain.effort import CaseBook, Contact, EffortRules, is_contact, points
+from streams.domain.effort import (
+    CaseBook,
+    Contact,
+    EffortRules,
+    customer_effort_index,
+    is_contact,
+    points,
+)
 
 DAY = 86_400_000
 RULES = EffortRules(repeat_window_ms=7 * DAY, max_contacts_per_case=1000)
@@ -163,3 +170,89 @@ def test_absorbing_a_merged_customers_cases_gives_the_definition_in_either_direc
                 assert changed[event_id] == flags_before[event_id]
             else:
                 assert c.points == flags_before[event_id]
+
+
+# -- the customer effort index ----------------------------------------------------------
+
+NOW = 100 * DAY
+#: (case_id or None, event_id, at ms, points)
+contacts_st = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3", "k4"])),
+        st.uuids().map(str),
+        st.integers(NOW - 40 * DAY, NOW),
+        st.integers(10, 100),
+    ),
+    max_size=30,
+)
+
+
+def naive_index(contacts: list[tuple[str | None, str, int, int]], now: int) -> float | None:
+    """Straight from the README: cases active in 28 days, efforts capped at 100,
+    weighted by 2^(-age / 7 days), mean."""
+    cases: dict[str, list[tuple[int, int]]] = {}
+    for case_id, event_id, at, pts in contacts:
+        cases.setdefault(case_id or f"lone:{event_id}", []).append((at, pts))
+    efforts = []
+    for held in cases.values():
+        latest = max(at for at, _ in held)
+        if now - latest <= 28 * DAY:
+            efforts.append((0.5 ** ((now - latest) / (7 * DAY)), min(100, sum(p for _, p in held))))
+    if not efforts:
+        return None
+    return sum(w * e for w, e in efforts) / sum(w for w, _ in efforts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(contacts=contacts_st)
+def test_the_customer_index_is_the_decayed_mean_of_capped_case_efforts(
+    contacts: list[tuple[str | None, str, int, int]],
+) -> None:
+    got = customer_effort_index(contacts, NOW)
+    want = naive_index(contacts, NOW)
+    if want is None:
+        assert got is None
+        return
+    assert got is not None
+    assert abs(got - want) < 1e-9
+    assert 10 - 1e-9 <= got <= 100 + 1e-9  # a case: one or more contacts of 10..100 points
+
+
+@settings(max_examples=200, deadline=None)
+@given(contacts=contacts_st, copies=st.integers(2, 6), shift=st.integers(-DAY, 50 * DAY))
+def test_a_heavy_user_with_the_same_cases_has_the_same_index_at_any_time(
+    contacts: list[tuple[str | None, str, int, int]], copies: int, shift: int
+) -> None:
+    """Light or heavy: the same kind of cases, n times over, give the same index; and
+    moving every contact and now by the same time changes nothing (it does not drift)."""
+    heavy = [
+        (None if case is None else f"{case}-{n}", f"{event}-{n}", at, pts)
+        for n in range(copies)
+        for case, event, at, pts in contacts
+    ]
+    moved = [(case, event, at + shift, pts) for case, event, at, pts in contacts]
+    one = customer_effort_index(contacts, NOW)
+    for other in (customer_effort_index(heavy, NOW), customer_effort_index(moved, NOW + shift)):
+        assert (one is None) == (other is None)
+        if one is not None and other is not None:
+            assert abs(one - other) < 1e-9
+
+
+def test_no_case_in_28_days_gives_no_index() -> None:
+    old = [("k", "e1", NOW - 29 * DAY, 50)]
+    assert customer_effort_index(old, NOW) is None
+    assert customer_effort_index(old, NOW - 2 * DAY) == 50
+
+
+def test_a_case_two_weeks_old_weighs_a_quarter_of_one_today() -> None:
+    contacts = [
+        ("old", "e1", NOW - 14 * DAY, 60),
+        ("old", "e2", NOW - 14 * DAY, 60),  # capped at 100
+        (None, "e3", NOW, 20),
+    ]
+    assert customer_effort_index(contacts, NOW) == (0.25 * 100 + 20) / 1.25
+
+
+def test_a_case_counts_whole_when_its_latest_contact_is_recent() -> None:
+    contacts = [("k", "e1", NOW - 40 * DAY, 30), ("k", "e2", NOW - DAY, 40)]
+    assert customer_effort_index(contacts, NOW) == 70

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import statistics
 from collections import Counter, defaultdict
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +22,15 @@ from streams.domain.ingest import FLAG_SKEW_CORRECTED, ingest
 from streams.domain.scores import Rolling, answer_tally
 from streams.runtime.app import ingest_rules
 from streams.settings import Settings
+from streams.tools import commands
 from streams.tools.demo import DEMO_ALERTS, demo_config
-from streams.tools.generator import BAD_KINDS, GeneratorConfig, benchmark_events, generate
+from streams.tools.generator import (
+    ANSWER_MODELS,
+    BAD_KINDS,
+    GeneratorConfig,
+    benchmark_events,
+    generate,
+)
 
 RULES = ingest_rules(Settings())
 NOW = datetime(2026, 11, 15, tzinfo=UTC)
@@ -161,7 +172,9 @@ def test_generation_is_deterministic_and_kinds_add_up(
 def test_detractors_hear_back_promptly_late_or_never_and_it_shows_in_their_next_answer() -> None:
     config = GeneratorConfig(seed=11, events=30_000, customers=1500)
     documents = [orjson.loads(m.value) for m in generate(config) if m.kind == "valid"]
-    without = [orjson.loads(m.value) for m in generate(replace(config, followups=False))]
+    without = [
+        orjson.loads(m.value) for m in generate(dataclasses.replace(config, followups=False))
+    ]
     calls = [d for d in documents if d["event_id"].startswith("fu-")]
     assert len(calls) > 100 and not any(d["event_id"].startswith("fu-") for d in without)
     assert all(d["interaction"]["direction"] == "outbound" for d in calls)
@@ -222,3 +235,112 @@ def test_the_demo_incident_is_the_one_significant_drop_whenever_the_stream_looks
         ("score.dropped", "channel:mobile_app:nps"),
         ("score.recovered", "channel:mobile_app:nps"),
     ]
+
+
+def _digest(config: GeneratorConfig) -> str:
+    digest = hashlib.sha256()
+    for m in generate(config):
+        for part in (m.topic.encode(), m.key or b"-", m.value, repr(m.headers).encode()):
+            digest.update(part)
+        digest.update(f"{m.timestamp_ms}/{m.kind}".encode())
+    return digest.hexdigest()
+
+
+def test_the_default_answers_give_the_bytes_they_always_gave() -> None:
+    """Adding answer models and follow-ups changed nothing in the output without the
+    follow-ups (digests taken before either)."""
+    demo = dataclasses.replace(
+        demo_config(start=datetime(2026, 11, 1, tzinfo=UTC)), followups=False
+    )
+    assert demo.answers == "effort"
+    assert _digest(demo) == "cbdf36bd54ca0b6d6a21b54439b971bb6322894bc1da8fcb16b7c0c35ae8bb54"
+    mixed = GeneratorConfig(
+        events=3000, customers=200, bad_share=0.1, duplicate_share=0.05, followups=False
+    )
+    assert _digest(mixed) == "444992d4a24855c03e3811208777eabbd640a89c42fc70b3b40186e94afbd767"
+
+
+def test_independent_answers_change_the_scores_and_nothing_else() -> None:
+    # without follow-ups: which answers are detractors decides who is called back
+    config = GeneratorConfig(
+        events=4000, customers=200, bad_share=0.05, duplicate_share=0.02, followups=False
+    )
+    other = dataclasses.replace(config, answers="independent")
+    scores_differ = 0
+    for mine, theirs in zip(generate(config), generate(other), strict=True):
+        assert (mine.topic, mine.kind, mine.key) == (theirs.topic, theirs.kind, theirs.key)
+        if mine.kind != "valid":
+            continue
+        a, b = orjson.loads(mine.value), orjson.loads(theirs.value)
+        if "survey" in a:
+            assert a["survey"]["metric"] == b["survey"]["metric"]
+            scores_differ += a["survey"]["score"] != b["survey"]["score"]
+            a["survey"].pop("score"), b["survey"].pop("score")
+        assert a == b
+    assert scores_differ > 50
+    assert _digest(other) == _digest(other)  # deterministic too
+
+
+def test_an_unknown_answer_model_is_refused_and_the_commands_offer_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="answers must be one of"):
+        GeneratorConfig(answers="random")
+    assert commands.ANSWER_MODELS == ANSWER_MODELS
+
+
+def _when(occurred_at: str | int) -> datetime:
+    if isinstance(occurred_at, int):
+        return datetime.fromtimestamp(occurred_at / 1000, UTC)
+    return datetime.fromisoformat(occurred_at)
+
+
+def _ces_by_case(config: GeneratorConfig) -> list[tuple[int, float, float, int]]:
+    """For each CES answer about a case: the case's transfers, total wait (s), time from
+    its first contact to the answer (days), and the score."""
+    cases: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    answers = []
+    for m in generate(config):
+        document = orjson.loads(m.value)
+        if document.get("case_id") is None:
+            continue
+        if document.get("survey", {}).get("metric") == "ces":
+            answers.append(document)
+        elif "survey" not in document:
+            cases[document["case_id"]].append(document)
+    out = []
+    for answer in answers:
+        contacts = cases[answer["case_id"]]
+        if not contacts:
+            continue
+        first = min(_when(c["occurred_at"]) for c in contacts)
+        answered = _when(answer["occurred_at"])
+        out.append(
+            (
+                sum(bool(c["interaction"]["transferred"]) for c in contacts),
+                sum(c["interaction"]["wait_seconds"] for c in contacts),
+                (answered - first) / timedelta(days=1),
+                answer["survey"]["score"],
+            )
+        )
+    return out
+
+
+def test_independent_answers_follow_waits_and_resolution_time_not_transfers() -> None:
+    """With answers="effort" a transferred case answers much lower; with "independent"
+    transfers count for far less (only through the longer cases they come with), and long
+    waits or slow resolutions lower the answers."""
+    config = GeneratorConfig(seed=11, events=60_000, customers=3000)
+    by_effort = _ces_by_case(config)
+    by_other = _ces_by_case(dataclasses.replace(config, answers="independent"))
+
+    def mean(rows: list[tuple[int, float, float, int]]) -> float:
+        return statistics.mean(r[3] for r in rows)
+
+    def transferred(rows: list[Any]) -> float:
+        return mean([r for r in rows if r[0] == 0]) - mean([r for r in rows if r[0] >= 1])
+
+    assert transferred(by_effort) > 1.0
+    assert abs(transferred(by_other)) < 0.4 * transferred(by_effort)
+    slow = [r for r in by_other if r[1] > 600 or r[2] > 1]
+    quick = [r for r in by_other if r[1] < 180 and r[2] < 0.1]
+    assert len(slow) > 30 and len(quick) > 30
+    assert mean(quick) - mean(slow) > 0.5

@@ -19,23 +19,27 @@ the effort rows to write: the contact's own and its successor's.
 Effort points of a contact (0..100, integers so sums are exact):
 10 for the contact, +20 repeat, +15 channel switch, +10 transfer, +15 escalation,
 +15 unresolved, +1 per full minute of waiting (at most 15). The effort index of a
-segment is the mean points per contact; a customer's is the sum of points over the last
-28 days, capped at 100.
+segment is the mean points per contact. A customer's is how hard their recent cases
+were, not how many contacts they made: :func:`customer_effort_index` (computed by the
+``customer_effort`` view in ClickHouse; this is its reference).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CUSTOMER_INDEX_HALF_LIFE_MS",
+    "CUSTOMER_INDEX_WINDOW_MS",
     "DEFAULT_ASSISTED_CHANNELS",
     "WEIGHTS",
     "CaseBook",
     "CaseKey",
     "Contact",
     "EffortRules",
+    "customer_effort_index",
     "points",
 ]
 
@@ -140,6 +144,47 @@ def points(c: Contact) -> int:
         + WEIGHTS["unresolved"] * c.unresolved
         + wait
     )
+
+
+#: The customer effort index looks at cases active in this window before now ...
+CUSTOMER_INDEX_WINDOW_MS = 28 * 86_400_000
+#: ... and a case's weight halves with every this much time since its latest contact.
+CUSTOMER_INDEX_HALF_LIFE_MS = 7 * 86_400_000
+
+
+def customer_effort_index(
+    contacts: Iterable[tuple[str | None, str, int, int]],
+    now_ms: int,
+    *,
+    window_ms: int = CUSTOMER_INDEX_WINDOW_MS,
+    half_life_ms: int = CUSTOMER_INDEX_HALF_LIFE_MS,
+) -> float | None:
+    """A customer's effort index at ``now_ms``, 0..100, from their contacts given as
+    ``(case_id, event_id, at_ms, points)``; None when no case is active.
+
+    A case is the contacts of one ``case_id`` (a contact without one is a case of its
+    own); it is active when its latest contact is in ``[now - window, now]``. Its effort
+    is the sum of its contacts' points up to now, at most 100. The index is the mean of
+    the active cases' efforts, each weighted by ``2 ** -(age / half_life)``, age the time
+    from its latest contact to now: so a customer with one hard case and one with ten
+    equally hard cases have the same index, and the newest cases count most. Every
+    contact given counts (pass those known at ``now``; one stamped later than ``now``
+    weighs a little more than 1). Unrounded (the view rounds to 0.1).
+    """
+    cases: dict[tuple[str, str], list[int]] = {}
+    for case_id, event_id, at, pts in contacts:
+        key = ("case", case_id) if case_id is not None else ("contact", event_id)
+        held = cases.setdefault(key, [0, at])
+        held[0] += pts
+        held[1] = max(held[1], at)
+    weighted = total = 0.0
+    for effort, latest in cases.values():
+        if latest < now_ms - window_ms:
+            continue
+        weight = 2.0 ** ((latest - now_ms) / half_life_ms)
+        weighted += weight * min(100, effort)
+        total += weight
+    return weighted / total if total else None
 
 
 def is_contact(

@@ -283,32 +283,41 @@ def cmd_erase(args: argparse.Namespace) -> int:
 # --- effort-check ------------------------------------------------------------------------
 
 
-async def _effort_check(settings: Settings) -> str:
+async def _effort_check(
+    settings: Settings, kind: str, period: str, min_answers: int
+) -> dict[str, Any]:
     from schemas.clickhouse import quote_identifier
-    from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
+    from sinks.reports import EFFORT_AT_ANSWERS, EFFORT_SEGMENT_CELLS, effort_check_report
     from streams.runtime.app import open_clickhouse
 
     db = quote_identifier(settings.clickhouse_database)
+    cell = {"kind": kind, "period": period, "min_answers": min_answers}
     client = await open_clickhouse(settings)
     try:
-        summary = (await client.query(EFFORT_VS_CES.format(db=db))).result_rows[0]
-        by_score = (await client.query(EFFORT_VS_CES_BY_SCORE.format(db=db))).result_rows
+        answers = await client.query(EFFORT_AT_ANSWERS.format(db=db))
+        cells = await client.query(EFFORT_SEGMENT_CELLS.format(db=db), parameters=cell)
     finally:
         await client.close()
-    return format_effort_vs_ces(tuple(summary), [tuple(r) for r in by_score])
+    return effort_check_report(
+        answers.result_rows, cells.result_rows, kind=kind, period=period, min_answers=min_answers
+    )
 
 
 def cmd_effort_check(args: argparse.Namespace) -> int:
-    """How well the effort index tracks the CES answers in ClickHouse."""
+    """How well the customer and segment effort indexes track the CES answers in
+    ClickHouse."""
+    from sinks.reports import format_effort_check
+
     settings = settings_from_args(args)
     configure_logging("WARNING")
     try:
-        print(asyncio.run(_effort_check(settings)))
+        report = asyncio.run(_effort_check(settings, args.segment, args.period, args.min_answers))
     except Exception as exc:
         raise SystemExit(
             f"effort check failed: {exc}\nIs ClickHouse reachable at {settings.clickhouse_url}"
             " and migrated (touchpoint migrate)?"
         ) from None
+    print(json.dumps(report, indent=2) if args.json else format_effort_check(report))
     return 0
 
 
@@ -764,12 +773,33 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    add(
+    effort_check = add(
         "effort-check",
         cmd_effort_check,
-        "how well the effort index tracks the CES answers in ClickHouse (correlation, "
-        "sample size, mean effort per CES score)",
+        "how well the effort indexes track the CES answers in ClickHouse: the customer "
+        "index at each answer (and the old 28-day sum), the answered case's effort, and the "
+        "segment index per segment cell (Pearson, Spearman, sample sizes, means per CES score)",
     )
+    effort_check.add_argument(
+        "--segment",
+        default="channel",
+        metavar="KIND",
+        help="the segment kind of the cells: channel, journey_stage or a context dimension "
+        "such as region (default: channel)",
+    )
+    effort_check.add_argument(
+        "--period",
+        choices=["day", "week"],
+        default="week",
+        help="the cells' time span (default: week)",
+    )
+    effort_check.add_argument(
+        "--min-answers",
+        type=int,
+        default=5,
+        help="leave out cells with fewer CES answers (default: 5)",
+    )
+    effort_check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     model = add(
         "model",

@@ -64,6 +64,24 @@ def cmd_faults(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+#: ``GeneratorConfig.answers`` (the generator's ANSWER_MODELS; named here because the
+#: worker image lists these commands without holding the generator)
+ANSWER_MODELS = ("effort", "independent")
+
+
+def _answers_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--answers",
+        choices=ANSWER_MODELS,
+        default="effort",
+        help="how survey answers are drawn (default: effort): effort from the hardship of "
+        "the case, the behaviour the effort points count; independent from a temperament of each "
+        "customer, the case's total wait and its time to resolution (of these the points "
+        "count only the wait, a point a minute per contact): the same touchpoints, other "
+        "scores",
+    )
+
+
 def register(add: Callable[..., Any]) -> None:
     """Add the tooling's commands to the ``touchpoint`` parser."""
     from streams.tools.faults import PROFILES
@@ -84,6 +102,7 @@ def register(add: Callable[..., Any]) -> None:
         help="script an incident: from 60%% of the span, for three days, this channel's "
         "contacts go badly and its answers fall (default: none)",
     )
+    _answers_option(generate)
     generate.add_argument(
         "--benchmark", action="store_true", help="simple ~300-byte events (as the benchmark)"
     )
@@ -112,6 +131,7 @@ def register(add: Callable[..., Any]) -> None:
         help="the channel of the scripted incident the alerts must notice "
         "(default mobile_app; none for no incident)",
     )
+    _answers_option(demo)
     demo.add_argument(
         "--dir",
         default="var/demo",

@@ -18,7 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sinks.reports import EFFORT_VS_CES, EFFORT_VS_CES_BY_SCORE, format_effort_vs_ces
+from sinks.reports import (
+    EFFORT_AT_ANSWERS,
+    EFFORT_SEGMENT_CELLS,
+    effort_check_report,
+    format_effort_check,
+)
 from streams.console import say, settings_from_args, wait_for_kafka
 from streams.tools.embedded.process import free_port
 
@@ -64,9 +69,11 @@ def demo_config(
     bad_share: float = 0.02,
     duplicate_share: float = 0.01,
     incident: str | None = "mobile_app",
+    answers: str = "effort",
 ) -> Any:
     """What ``touchpoint demo`` publishes: fourteen days of touchpoints ending now, with
-    the scripted incident on ``incident`` (a channel; None for none)."""
+    the scripted incident on ``incident`` (a channel; None for none) and survey answers
+    drawn by the model ``answers`` (``GeneratorConfig.answers``)."""
     from streams.tools.generator import GeneratorConfig, Incident
 
     return GeneratorConfig(
@@ -78,6 +85,7 @@ def demo_config(
         bad_share=bad_share,
         duplicate_share=duplicate_share,
         incident=Incident(channel=incident) if incident else None,
+        answers=answers,
     )
 
 
@@ -161,6 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 bad_share=args.bad_share,
                 duplicate_share=args.duplicate_share,
                 incident=Incident(channel=args.incident) if args.incident else None,
+                answers=args.answers,
             )
         )
 
@@ -341,6 +350,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             bad_share=args.bad_share,
             duplicate_share=args.duplicate_share,
             incident=None if args.incident == "none" else args.incident,
+            answers=args.answers,
         )
         say(f"publishing {args.events:,} touchpoints ...")
         stats = asyncio.run(
@@ -654,7 +664,20 @@ def _scores_report(client: Any) -> str:
             for ch, n, rep, sw, tr, esc, idx in effort
         ),
     ]
-    summary = client.query(EFFORT_VS_CES.format(db="touchpoints")).result_rows[0]
-    by_score = client.query(EFFORT_VS_CES_BY_SCORE.format(db="touchpoints")).result_rows
-    lines += ["", format_effort_vs_ces(tuple(summary), [tuple(r) for r in by_score])]
+    lines += ["", _effort_check(client)]
     return "\n".join(lines)
+
+
+def _effort_check(client: Any) -> str:
+    """What ``touchpoint effort-check`` prints, with its defaults (channel x week cells
+    with 5 or more CES answers)."""
+    cell = {"kind": "channel", "period": "week", "min_answers": 5}
+    db = "touchpoints"
+    report = effort_check_report(
+        client.query(EFFORT_AT_ANSWERS.format(db=db)).result_rows,
+        client.query(EFFORT_SEGMENT_CELLS.format(db=db), parameters=cell).result_rows,
+        kind="channel",
+        period="week",
+        min_answers=5,
+    )
+    return format_effort_check(report)

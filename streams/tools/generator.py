@@ -12,7 +12,9 @@ Deterministic: the same configuration gives the same bytes, every run (one seede
 * survey answers: relationship NPS/CSAT where the survey reaches the customer (the
   survey tool, e-mail, the app, SMS), and post-contact surveys (NPS, CSAT, CES) on the
   channel of the case's last contact (an IVR survey after a call, a chat rating);
-  high-effort cases give more detractors;
+  high-effort cases give more detractors (``answers="effort"``, the default), or, with
+  ``answers="independent"``, answers from another model than the effort points: a
+  temperament of each customer plus the case's total wait and time to resolution;
 * optionally a scripted incident: for a while, the answers given on one channel fall
   (and, on an assisted channel, its contacts wait long and are transferred): what the
   alerts must notice;
@@ -47,6 +49,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "ANSWER_MODELS",
     "BAD_KINDS",
     "GeneratedMessage",
     "GeneratorConfig",
@@ -80,6 +83,12 @@ BAD_KINDS = (
     "too_many_identifiers",
 )
 
+
+#: How survey answers are drawn (``GeneratorConfig.answers``): ``effort`` from the hardship
+#: of the case the answer is about (the switches, transfers, escalations, long waits and
+#: extra contacts the effort points also count); ``independent`` from another model,
+#: which shares only the waiting with the points, see :meth:`_Journeys._independent_hardship`.
+ANSWER_MODELS = ("effort", "independent")
 
 #: What an incident adds to the effort behind an answer given on its channel (the
 #: answers then come from the hardest journeys: mostly detractors).
@@ -122,6 +131,14 @@ class GeneratorConfig:
     link_traps: bool = True
     #: detractors hear back (an outbound call or e-mail), promptly, late or never
     followups: bool = True
+    #: how answers are drawn (:data:`ANSWER_MODELS`); ``independent`` draws from a random
+    #: stream of its own, so the touchpoints are those of ``effort`` and only the scores
+    #: differ
+    answers: str = "effort"
+
+    def __post_init__(self) -> None:
+        if self.answers not in ANSWER_MODELS:
+            raise ValueError(f"answers must be one of {ANSWER_MODELS}, not {self.answers!r}")
 
     def in_incident(self, channel: str, when: datetime) -> bool:
         """Whether a contact on ``channel`` at ``when`` is hit by the incident."""
@@ -170,6 +187,9 @@ class _Customer:
     call_scheduled: bool = False
     followed_up: str | None = None
     followed_up_at: datetime | None = None
+    #: when the open case began and its contacts' total wait (the independent answers)
+    case_opened: datetime | None = None
+    case_wait_s: float = 0.0
 
 
 def _zipf_weights(n: int, exponent: float) -> list[float]:
@@ -241,6 +261,9 @@ class _Journeys:
         #: call-backs to make: (when, sequence, customer index, "prompt" or "late")
         self.scheduled: list[tuple[datetime, int, int, str]] = []
         self.calls = 0
+        # a stream of its own, so that independent answers leave every other draw as it is
+        self.answers_rng = random.Random(f"answers-{config.seed}")
+        self.temperament: dict[int, float] = {}
 
     def call_back(self, c: _Customer, when: datetime, outcome: str, event_id: str) -> Any:
         """The company's outbound call or e-mail to a detractor."""
@@ -436,7 +459,7 @@ class _Journeys:
     def _open_case(self, c: _Customer, when: datetime, event_id: str) -> dict[str, Any]:
         self.case_seq += 1
         c.open_case, c.case_contacts, c.case_effort = f"case-{self.case_seq:07d}", 0, 0
-        c.case_channel = None
+        c.case_channel, c.case_opened, c.case_wait_s = None, when, 0.0
         return self._support_contact(c, when, event_id)
 
     def _support_contact(self, c: _Customer, when: datetime, event_id: str) -> dict[str, Any]:
@@ -453,6 +476,7 @@ class _Journeys:
         transferred = rng.random() < (0.7 if troubled else 0.25)
         escalated = rng.random() < 0.1
         wait = round(rng.expovariate(1 / (1200 if troubled else 120)), 1)
+        c.case_wait_s += wait
         c.case_effort += int(transferred) + int(escalated) + int(wait > 300)
         identifiers = self._contact_identifiers(c, channel)
         type_ = {
@@ -535,20 +559,18 @@ class _Journeys:
         channel: str = "survey",
     ) -> dict[str, Any]:
         rng = self.rng
-        if self.config.in_incident(channel, when):
+        incident = self.config.in_incident(channel, when)
+        if incident:
             effort += INCIDENT_EFFORT
         hardship = min(1.0, effort / 6)  # high-effort journeys answer lower
         lift = self._effect(c, when) / 10  # a share of the scale
-        if metric == "nps":
-            score: float = max(0, min(10, round(rng.gauss(8.2 - 5 * hardship + 10 * lift, 2.0))))
-            detractor = score <= 6
-        elif metric == "csat":
-            score = max(1, min(5, round(rng.gauss(4.2 - 2.5 * hardship + 4 * lift, 0.9))))
-            detractor = score <= 1
-        else:
-            score = max(1, min(7, round(rng.gauss(5.8 - 3.5 * hardship + 6 * lift, 1.1))))
-            detractor = score <= 1
-        if detractor:
+        score = _score(rng, metric, hardship, lift)
+        if self.config.answers == "independent":
+            # drawn after the default score, from the answers' own stream: the main
+            # stream, and with it every touchpoint, stays as in the default model
+            hardship = 1.0 if incident else self._independent_hardship(c, when, case_id)
+            score = _score(self.answers_rng, metric, hardship, lift)
+        if score <= (6 if metric == "nps" else 1):  # a detractor: hears back, or not
             self._schedule_follow_up(c, when)
         survey: dict[str, Any] = {"metric": metric, "score": score}
         if rng.random() < 0.2:
@@ -570,6 +592,33 @@ class _Journeys:
             case_id=case_id,
             survey=survey,
         )
+
+    def _independent_hardship(self, c: _Customer, when: datetime, case_id: str | None) -> float:
+        """Hardship 0..1 behind an answer, mostly from what the effort points do not count: the
+        customer's temperament (normal, drawn once per customer), and for an answer about
+        a case the total wait of its contacts (full at 10 minutes) and its time to
+        resolution (full at 2 days; the generator's cases mostly close within one), so
+        that the case and the person weigh about the same. Switches, transfers,
+        escalations and the number of contacts play no part, and the wait counts as a
+        total, not a capped point a minute per contact."""
+        temper = self.temperament.get(c.index)
+        if temper is None:
+            temper = self.temperament[c.index] = self.answers_rng.gauss(0.0, 1.0)
+        hardship = 0.2 + 0.15 * temper
+        if case_id is not None and c.case_opened is not None:
+            resolution_days = (when - c.case_opened) / timedelta(days=1)
+            hardship += 0.3 * min(1.0, c.case_wait_s / 600) + 0.3 * min(1.0, resolution_days / 2)
+        return max(0.0, min(1.0, hardship))
+
+
+def _score(rng: random.Random, metric: str, hardship: float, lift: float = 0.0) -> float:
+    """An answer of ``metric`` from a customer whose journey's hardship is 0..1, moved by
+    ``lift`` (a share of the scale: a follow-up's effect)."""
+    if metric == "nps":
+        return max(0, min(10, round(rng.gauss(8.2 - 5 * hardship + 10 * lift, 2.0))))
+    if metric == "csat":
+        return max(1, min(5, round(rng.gauss(4.2 - 2.5 * hardship + 4 * lift, 0.9))))
+    return max(1, min(7, round(rng.gauss(5.8 - 3.5 * hardship + 6 * lift, 1.1))))
 
 
 def _bad(kind: str, rng: random.Random, valid: dict[str, Any]) -> tuple[str, bytes]:

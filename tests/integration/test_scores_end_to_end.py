@@ -20,7 +20,9 @@ from typing import Any
 import orjson
 import pytest
 
-from sinks.reports import EFFORT_VS_CES
+from sinks.reports import EFFORT_AT_ANSWERS, effort_check_report
+from sinks.truth import check_customer_effort
+from streams.domain.effort import customer_effort_index
 from tests.integration.test_worker_end_to_end import (
     Stack,
     ch,
@@ -84,7 +86,8 @@ SELECT
         + least(15, toUInt32(floor(ifNull(wait_seconds, 0) / 60))) AS pts,
     customer_id AS cust,
     occurred_at AS at,
-    channel
+    channel,
+    case_id
 FROM
 (
     SELECT *,
@@ -428,66 +431,74 @@ async def test_every_bucket_and_window_equals_a_recomputation_from_the_raw_event
             ).result_rows
         }
         assert daily == again_daily
-        # each customer's effort index: its contacts' points in the last 28 days, at most 100
-        index_mismatch = (
-            await ch.query(
-                f"""
-            SELECT count() FROM {db}.customer_360 AS c
-            LEFT JOIN (
-                SELECT cust, least(100, sum(pts)) AS idx FROM ({EFFORT.format(db=db)})
-                WHERE at >= now64() - INTERVAL 28 DAY GROUP BY cust
-            ) AS e ON c.customer_id = e.cust
-            WHERE ifNull(c.effort_index, -1) != if(e.cust = '', -1, e.idx)
-            """,
-                parameters={"assisted": assisted},
+        # each customer's effort index (README "Effort"): the time-decayed mean of its
+        # recent cases' efforts, worked out in Python from the contacts recomputed above at
+        # the moment the view was read, and the truth check's SQL over events agrees
+        contacts_of: dict[str, list[tuple[str | None, str, int, int]]] = {}
+        for r in (
+            await ch.query(EFFORT.format(db=db), parameters={"assisted": assisted})
+        ).result_rows:
+            event_id, pts, cust, at, case_id = r[0], r[6], r[7], r[8], r[10]
+            contacts_of.setdefault(cust, []).append(
+                (case_id, event_id, int(at.timestamp() * 1000), pts)
             )
-        ).result_rows[0][0]
-        assert index_mismatch == 0
+        shown = (
+            await ch.query(f"SELECT customer_id, effort_index, now64(3) FROM {db}.customer_360")
+        ).result_rows
+        with_index = 0
+        for customer, index, now in shown:
+            want = customer_effort_index(contacts_of.get(customer, []), int(now.timestamp() * 1000))
+            assert (index is None) == (want is None), customer
+            if want is not None:
+                with_index += 1
+                assert abs(index - want) <= 0.05 + 1e-9, (customer, index, want)
+        assert with_index > 20
+        truth = await check_customer_effort(ch, stack.database, assisted)
+        assert truth.ok, truth
 
-        # -- the effort-vs-CES check pairs each CES answer with the customer's effort ------
-        summary = (await ch.query(EFFORT_VS_CES.format(db=db))).result_rows[0]
+        # -- the effort-vs-CES check pairs each CES answer with the effort up to it -------
+        report = effort_check_report(
+            (await ch.query(EFFORT_AT_ANSWERS.format(db=db))).result_rows,
+            [],
+            kind="channel",
+            period="week",
+            min_answers=5,
+        )
         answers = (
             await ch.query(
-                f"SELECT customer_id, occurred_at, survey_score FROM {db}.events "
+                f"SELECT customer_id, occurred_at, survey_score, case_id FROM {db}.events "
                 f"WHERE survey_metric = 'ces'"
             )
         ).result_rows
         contacts = (
-            await ch.query(f"SELECT customer_id, occurred_at, points FROM {db}.effort")
-        ).result_rows
-        pairs = [
-            (
-                score,
-                min(
-                    100,
-                    sum(
-                        p for c, t, p in contacts if c == cust and at - timedelta(days=28) < t <= at
-                    ),
-                ),
-            )
-            for cust, at, score in answers
-        ]
-        assert summary[5] == len(pairs) > 20
-        if len({e for _, e in pairs}) > 1:
-            expected = statistics.correlation([s for s, _ in pairs], [float(e) for _, e in pairs])
-            assert math.isclose(summary[3], expected, rel_tol=1e-6, abs_tol=1e-9)
-        case_answers = (
             await ch.query(
-                f"SELECT case_id, occurred_at, survey_score FROM {db}.events "
-                f"WHERE survey_metric = 'ces' AND case_id IS NOT NULL"
+                f"SELECT customer_id, occurred_at, points, case_id, event_id FROM {db}.effort"
             )
         ).result_rows
-        case_contacts_ = (
-            await ch.query(f"SELECT case_id, occurred_at, points FROM {db}.effort")
-        ).result_rows
-        case_pairs = [
-            (score, sum(p for k, t, p in case_contacts_ if k == case and t <= at))
-            for case, at, score in case_answers
-        ]
-        assert summary[2] == len(case_pairs) > 20
-        expected = statistics.correlation(
-            [s for s, _ in case_pairs], [float(e) for _, e in case_pairs]
-        )
-        assert math.isclose(summary[0], expected, rel_tol=1e-6, abs_tol=1e-9)
+        old_pairs, new_pairs, case_pairs = [], [], []
+        for cust, at, score, case in answers:
+            seen = [(t, p, k, e) for c, t, p, k, e in contacts if c == cust and t <= at]
+            old_pairs.append(
+                (score, min(100, sum(p for t, p, _, _ in seen if t >= at - timedelta(days=28))))
+            )
+            index = customer_effort_index(
+                [(k, e, int(t.timestamp() * 1000), p) for t, p, k, e in seen],
+                int(at.timestamp() * 1000),
+            )
+            if index is not None:
+                new_pairs.append((score, round(index, 1)))
+            if case is not None:
+                case_pairs.append((score, sum(p for _, p, k, _ in seen if k == case)))
+        for name, pairs in (
+            ("customer_sum_index", old_pairs),
+            ("customer_index", new_pairs),
+            ("case_effort", case_pairs),
+        ):
+            assert report[name]["n"] == len(pairs) > 20, name
+            if len({e for _, e in pairs}) > 1:
+                expected = statistics.correlation(
+                    [s for s, _ in pairs], [float(e) for _, e in pairs]
+                )
+                assert math.isclose(report[name]["pearson"], expected, abs_tol=1e-4), name
     finally:
         w1.stop(signal.SIGTERM)
