@@ -64,6 +64,7 @@ from streams.domain.risk import (
     add_contacts,
     combine_behaviour,
     note_case,
+    open_case_stats,
     rescore,
 )
 from streams.domain.scores import Answer, Key, Tally, bucket_of, segments_of, tally_answers
@@ -74,7 +75,6 @@ __all__ = [
     "PartitionOutput",
     "PartitionRules",
     "ScoreRules",
-    "open_contacts",
     "process_records",
     "state_writes",
     "touch_of",
@@ -409,7 +409,7 @@ def process_records(
                         _add_effort(effort_view, changed, before, score)
                 if customer is not None and applied and rules.risk is not None:
                     out.at_risk += rescore(
-                        customer, rules.risk, touch.event_id, open_contacts(customer, cases)
+                        customer, rules.risk, touch.event_id, open_case_stats(customer)
                     )
             elif kind == "i":
                 if not book.left_after(item[2], seq):
@@ -447,7 +447,7 @@ def process_records(
             customers.append(deleted_customer_row(customer_id, version, now_ms))
         else:
             if held.risk is None and rules.risk is not None:  # new, or stored unscored
-                rescore(held, rules.risk, None, open_contacts(held, cases))
+                rescore(held, rules.risk, None, open_case_stats(held))
             customers.append(customer_row(held, version, now_ms))
     out.rows = {
         "events_store": events,
@@ -547,20 +547,9 @@ def _receive(
             survivor_customer,
             rules.risk,
             f"merge:{handover.source}",
-            open_contacts(survivor_customer, cases),
+            open_case_stats(survivor_customer),
         )
     return changed
-
-
-def open_contacts(customer: Customer, cases: CaseBook) -> list[list[Contact]]:
-    """The assisted contacts of each of the customer's open cases (the detractor model
-    reads them)."""
-    held = customer.cases
-    return [
-        cases.contacts(customer.customer_id, case_id)
-        for case_id in customer.journey.open_cases
-        if case_id in held
-    ]
 
 
 def _erase(

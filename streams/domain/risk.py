@@ -79,6 +79,7 @@ __all__ = [
     "features",
     "load_model",
     "note_case",
+    "open_case_stats",
     "rescore",
     "signals_of",
 ]
@@ -189,21 +190,40 @@ def add_contacts(b: Behaviour, changed: Iterable[tuple[Contact, int]], event_id:
 
 
 def note_case(b: Behaviour, case_id: str, contacts: Sequence[Contact]) -> None:
-    """Recompute the case's decayed repeat and switch sums from its contacts as the case
-    flags them now (``[ref, repeats, switches]``, held at the case's latest contact).
-    Idempotent: a replay over a state persisted in part, a late contact that changed
-    its successor's flags and a merge that combined the case all end up right."""
+    """Recompute what the summary keeps of a case from its contacts as the case flags
+    them now: ``[ref, repeats, switches, points, troubles, wait]``, the decayed repeat
+    and switch sums held at the case's latest contact (``ref``), and the case's effort
+    points, transfers and escalations, and waiting minutes (the open-case features, so
+    that scoring an event does not walk every open case's contacts). Idempotent: a
+    replay over a state persisted in part, a late contact that changed its successor's
+    flags and a merge that combined the case all end up right."""
     if not contacts:
         b.cases.pop(case_id, None)
         return
     ref = max(c.at for c in contacts)
-    repeats = switches = 0.0
+    repeats = switches = wait = 0.0
+    points = troubles = 0
     for c in contacts:
         if c.repeat or c.switch:
             w = _weight(ref - c.at)
             repeats += w * c.repeat
             switches += w * c.switch
-    b.cases[case_id] = [float(ref), repeats, switches]
+        points += _points(c)
+        troubles += c.transferred + c.escalated
+        wait += min(WAIT_CAP_MINUTES, c.wait_s / 60)
+    b.cases[case_id] = [float(ref), repeats, switches, float(points), float(troubles), wait]
+
+
+def open_case_stats(customer: Customer) -> list[list[float]]:
+    """Effort points, transfers and escalations, and waiting minutes of each of the
+    customer's open cases whose contacts it holds (as :func:`note_case` keeps them)."""
+    held, kept = customer.cases, customer.behaviour.cases
+    out = []
+    for case_id in customer.journey.open_cases:
+        entry = kept.get(case_id)
+        if entry is not None and len(entry) >= 6 and case_id in held:
+            out.append(entry[3:6])
+    return out
 
 
 def combine_behaviour(into: Behaviour, other: Behaviour) -> None:
@@ -231,7 +251,7 @@ def decayed(b: Behaviour, t: int) -> list[float]:
     if len(b.values) == len(SIGNALS):
         factor = _weight(max(0, t - b.ref))
         values = [v * factor for v in b.values]
-    for ref, repeats, switches in b.cases.values():
+    for ref, repeats, switches, *_open in b.cases.values():
         factor = _weight(max(0, t - int(ref)))
         values[_REPEAT] += repeats * factor
         values[_SWITCH] += switches * factor
@@ -274,22 +294,18 @@ def features(
     customer: Customer,
     t: int,
     assisted: frozenset[str] = DEFAULT_ASSISTED_CHANNELS,
-    open_contacts: Iterable[Sequence[Contact]] = (),
+    open_cases: Iterable[Sequence[float]] = (),
 ) -> list[float]:
     """The customer's feature vector at event time ``t`` (:data:`FEATURES` order);
-    ``open_contacts``: the assisted contacts of each of its open cases."""
+    ``open_cases``: the effort points, transfers and escalations, and waiting minutes
+    of the assisted contacts of each of its open cases (:func:`open_case_stats`)."""
     j = customer.journey
     x = decayed(customer.behaviour, t)
     cases = list(j.open_cases.values())
     most_points, most_troubles, most_wait = 0, 0, 0.0
-    for contacts in open_contacts:  # one pass per case: this runs for every event
-        case_points, troubles, wait = 0, 0, 0.0
-        for c in contacts:
-            case_points += _points(c)
-            troubles += c.transferred + c.escalated
-            wait += min(WAIT_CAP_MINUTES, c.wait_s / 60)
-        most_points = max(most_points, case_points)
-        most_troubles = max(most_troubles, troubles)
+    for case_points, troubles, wait in open_cases:
+        most_points = max(most_points, int(case_points))
+        most_troubles = max(most_troubles, int(troubles))
         most_wait = max(most_wait, wait)
     x += [
         float(len(cases)),
@@ -521,15 +537,15 @@ def rescore(
     customer: Customer,
     rules: RiskRules,
     cause: str | None,
-    open_contacts: Iterable[Sequence[Contact]] = (),
+    open_cases: Iterable[Sequence[float]] = (),
 ) -> list[AtRisk]:
     """Score the customer at its last seen event time and keep the score in
     ``customer.risk``; the crossing it makes, when ``cause`` (the event or hand-over
     that changed it) is given and the score reaches the threshold while armed.
-    ``open_contacts``: the contacts of each of its open cases (:func:`features`)."""
+    ``open_cases``: what :func:`open_case_stats` gives (:func:`features`)."""
     model = rules.model
     t = customer.journey.last_seen
-    x = features(customer, t, rules.assisted, open_contacts)
+    x = features(customer, t, rules.assisted, open_cases)
     p = model.probability(x)
     band = band_of(model, p)
     before = customer.risk

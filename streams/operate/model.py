@@ -37,11 +37,10 @@ from streams.domain.alerts import is_detractor
 from streams.domain.customers import (
     CustomerBook,
     PartitionRules,
-    open_contacts,
     process_records,
 )
 from streams.domain.effort import CaseBook
-from streams.domain.risk import FEATURES, Model, features
+from streams.domain.risk import FEATURES, Model, features, open_case_stats
 
 __all__ = [
     "Evaluation",
@@ -152,7 +151,7 @@ def examples_from_rows(
                             customer,
                             at,
                             rules.effort.assisted_channels,
-                            open_contacts(customer, cases),
+                            open_case_stats(customer),
                         )
                     ),
                     customer.journey.stage,
