@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.alert_rules import DetractorRule
 from schemas.customer import Customer, FollowupState, customer_from_json, customer_to_json
 from streams.domain.followup import (
     DETRACTOR,
@@ -234,7 +235,7 @@ def test_facts_of_events() -> None:
     assert of(case_id="k", type_="ticket_resolved")[2] == RESOLUTION
     assert of(case_id="k", resolved=False) is None
     assert of(resolved=True) is None  # no case: nothing to resolve
-    nps_only = FollowupRules(metrics=frozenset({"nps"}))
+    nps_only = FollowupRules(detractor=DetractorRule(metrics=("nps",)))
     assert fact("e", 1, "web", "x", None, None, None, None, None, "csat", 1, nps_only) is None
 
 

@@ -33,7 +33,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.alert_rules import DetractorRule
 from schemas.customer import Fact, FollowUp, FollowupState
+from streams.domain.alerts import is_detractor
 
 __all__ = [
     "DETRACTOR",
@@ -61,15 +63,9 @@ class FollowupRules:
     """What opens a follow-up, when it is due and what resolves a case."""
 
     due_ms: int = 48 * 3_600_000
-    metrics: frozenset[str] = frozenset({"nps", "csat", "ces"})
-    #: CSAT and CES answers at most this are detractors (their scales start at 1)
-    bottom_box: int = 1
+    #: what a detractor answer is: the ``customer.detractor`` alert's rule
+    detractor: DetractorRule = field(default_factory=DetractorRule)
     resolution_types: frozenset[str] = frozenset({"ticket_resolved", "case_closed"})
-
-    def is_detractor(self, metric: str, score: float) -> bool:
-        if metric not in self.metrics:
-            return False
-        return score <= 6 if metric == "nps" else score <= self.bottom_box
 
 
 @dataclass(slots=True)
@@ -143,7 +139,7 @@ def fact(
 ) -> Fact | None:
     """The follow-up fact an event is, if any (a detractor answer, an outbound
     interaction, a case resolution)."""
-    if metric is not None and score is not None and rules.is_detractor(metric, score):
+    if metric is not None and score is not None and is_detractor(rules.detractor, metric, score):
         return [at, event_id, DETRACTOR, channel, case_id, None, None, metric, score]
     if direction == "outbound":
         return [at, event_id, OUTBOUND, channel, case_id, queue, agent, None, None]

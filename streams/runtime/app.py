@@ -161,8 +161,7 @@ def partition_rules(settings: Settings) -> PartitionRules:
         partitions=settings.customers_partitions,
         followup=FollowupRules(
             due_ms=int(settings.alerts.followup_overdue.due * 1000),
-            metrics=frozenset(settings.alerts.detractor.metrics),
-            bottom_box=settings.alerts.detractor.bottom_box,
+            detractor=settings.alerts.detractor,
         ),
         risk=risk_rules(settings),
     )
