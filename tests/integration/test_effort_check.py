@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from scipy.stats import spearmanr
 
 from sinks.reports import (
     EFFORT_AT_ANSWERS,
@@ -140,21 +141,6 @@ class Rows:
         )
 
 
-def ranks(values: list[float]) -> list[float]:
-    """Ranks from 1, ties given their mean rank (as Spearman's correlation takes them)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
 def close(a: float | None, b: float) -> bool:
     return a is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
@@ -233,9 +219,9 @@ async def test_effort_check_pairs_each_answer_with_the_index_at_that_moment(
     assert new["n"] == 7 and old["n"] == 9 == report["ces_answers"]
     assert close(new["pearson"], round(statistics.correlation(ces_i, idx), 4))
     # Spearman with ties (two answers of 3) at their mean rank
-    assert close(new["spearman"], round(statistics.correlation(ranks(ces_i), ranks(idx)), 4))
+    assert close(new["spearman"], round(float(spearmanr(ces_i, idx).statistic), 4))
     assert close(old["pearson"], round(statistics.correlation(ces_all, old_all), 4))
-    assert close(old["spearman"], round(statistics.correlation(ranks(ces_all), ranks(old_all)), 4))
+    assert close(old["spearman"], round(float(spearmanr(ces_all, old_all).statistic), 4))
     # the new index tracks these answers, the capped sum barely does
     assert new["pearson"] < -0.9 and new["spearman"] < -0.9
     assert old["pearson"] > -0.5
